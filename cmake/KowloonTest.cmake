@@ -1,0 +1,12 @@
+# kl_add_unit_test(<name> SOURCES <files...> LIBS <targets...> [TIMEOUT s])
+# One cmocka executable, one CTest entry, labelled "unit".
+function(kl_add_unit_test name)
+  cmake_parse_arguments(T "" "TIMEOUT" "SOURCES;LIBS" ${ARGN})
+  if(NOT T_TIMEOUT)
+    set(T_TIMEOUT 60)
+  endif()
+  add_executable(${name} ${T_SOURCES})
+  target_link_libraries(${name} PRIVATE ${T_LIBS} PkgConfig::CMOCKA)
+  add_test(NAME ${name} COMMAND ${name})
+  set_tests_properties(${name} PROPERTIES TIMEOUT ${T_TIMEOUT} LABELS unit)
+endfunction()

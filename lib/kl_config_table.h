@@ -1,0 +1,77 @@
+/*
+ * The one table of Kowloon's settings. Every KOWLOON_* variable any process
+ * reads is one line here; docs/configuration.md is printed from it
+ * (`kowloon-config --markdown`), and deploy checks test env files against it.
+ *
+ * X(id, type, default, min, max, choices, flags, processes, help)
+ *   type     STR | INT | BOOL | LIST (comma-separated) | ENUM (one of choices)
+ *   default  NULL: required
+ *   min/max  INT: value bounds; STR/LIST: length bounds of the whole value
+ *   flags    KL_CFG_SECRET: never printed, logged as "<redacted>"
+ *   processes which processes read it (KL_PROC_* bits)
+ */
+#ifndef KL_CONFIG_TABLE_H
+#define KL_CONFIG_TABLE_H
+
+#define KL_PROC_GATEWAY 0x01u
+#define KL_PROC_TENANT 0x02u
+#define KL_PROC_SERVICES (KL_PROC_TENANT)
+#define KL_PROC_ALL (KL_PROC_GATEWAY | KL_PROC_SERVICES)
+
+#define KL_CFG_SECRET 0x01u
+
+#define KL_CONFIG_TABLE(X)                                                     \
+    X(LOG_LEVEL, ENUM, "info", 0, 0, "debug|info|warn|error", 0, KL_PROC_ALL,  \
+      "Minimum level of the JSON log lines written to stderr.")                \
+    X(RPC_MAX_MESSAGE_BYTES, INT, "4194304", 1024, 268435456, NULL, 0,         \
+      KL_PROC_ALL,                                                             \
+      "Largest ZeroMQ message accepted; larger ones are refused unparsed.")    \
+    X(REDIS_URL, STR, "redis://127.0.0.1:6379/0", 0, 1024, NULL,               \
+      KL_CFG_SECRET, KL_PROC_ALL,                                              \
+      "Redis for the event channel and caches; empty disables Redis.")         \
+    X(EVENTS_CHANNEL, STR, "kowloon:events", 1, 128, NULL, 0, KL_PROC_ALL,     \
+      "Redis pub/sub channel carrying change events.")                         \
+    X(DATABASE_URL, STR, NULL, 1, 4096, NULL, KL_CFG_SECRET, KL_PROC_SERVICES, \
+      "libpq connection string of the control database.")                      \
+    X(WORKERS, INT, "4", 1, 256, NULL, 0, KL_PROC_SERVICES,                    \
+      "Worker threads of a service, each with its own database connection.")   \
+    X(TENANT_BIND, STR, "tcp://127.0.0.1:7101", 1, 256, NULL, 0,               \
+      KL_PROC_TENANT, "ZeroMQ endpoint the tenant service binds.")             \
+    X(RESERVED_SUBDOMAINS, LIST,                                               \
+      "www,api,admin,app,mail,static,assets,cdn,status,docs,help,support,"     \
+      "billing,auth,login,dashboard,blog,dev,test,staging,ftp,smtp,imap,pop,"  \
+      "ns1,ns2,webhooks",                                                      \
+      0, 8192, NULL, 0, KL_PROC_TENANT, "Subdomains no tenant may take.")      \
+    X(DEFAULT_PLAN, STR, "starter", 1, 63, NULL, 0, KL_PROC_TENANT,            \
+      "Plan of a tenant created without one.")                                 \
+    X(DEFAULT_ISOLATION, ENUM, "row", 0, 0, "row|schema|database", 0,          \
+      KL_PROC_TENANT, "Isolation model of a tenant created without one.")      \
+    X(BASE_DOMAIN, STR, "localhost", 1, 253, NULL, 0, KL_PROC_GATEWAY,         \
+      "Apex domain: tenants are <sub>.<base>, the admin API is on <base>.")    \
+    X(PUBLIC_SCHEME, ENUM, "https", 0, 0, "http|https", 0, KL_PROC_GATEWAY,    \
+      "Scheme of the links the gateway builds (upgrade_url, ...).")            \
+    X(HTTP_LISTEN, STR, "127.0.0.1:8080", 1, 256, NULL, 0, KL_PROC_GATEWAY,    \
+      "Address and port the gateway listens on (civetweb listening_ports).")   \
+    X(HTTP_THREADS, INT, "32", 1, 1024, NULL, 0, KL_PROC_GATEWAY,              \
+      "HTTP worker threads of the gateway.")                                   \
+    X(HTTP_MAX_BODY_BYTES, INT, "1048576", 1, 67108864, NULL, 0,               \
+      KL_PROC_GATEWAY, "Largest request body; larger ones are answered 413.")  \
+    X(TRUSTED_PROXIES, LIST, "127.0.0.1/32,::1/128", 0, 4096, NULL, 0,         \
+      KL_PROC_GATEWAY,                                                         \
+      "Addresses (CIDR) whose X-Tenant-Subdomain header is believed.")         \
+    X(ADMIN_TOKEN, STR, NULL, 16, 4096, NULL, KL_CFG_SECRET, KL_PROC_GATEWAY,  \
+      "Bearer token of the admin API (at least 16 characters).")               \
+    X(TENANT_ENDPOINTS, LIST, "tcp://127.0.0.1:7101", 1, 4096, NULL, 0,        \
+      KL_PROC_GATEWAY, "Every instance of the tenant service.")                \
+    X(RPC_TIMEOUT_MS, INT, "3000", 10, 600000, NULL, 0, KL_PROC_GATEWAY,       \
+      "Deadline of a call from the gateway to a service.")                     \
+    X(TENANT_CACHE_TTL_MS, INT, "30000", 0, 86400000, NULL, 0,                 \
+      KL_PROC_GATEWAY,                                                         \
+      "Longest a cached tenant or API key is used without asking again.")      \
+    X(TENANT_CACHE_MAX_ENTRIES, INT, "200000", 16, 10000000, NULL, 0,          \
+      KL_PROC_GATEWAY, "Most tenants and API keys the gateway caches.")        \
+    X(PAST_DUE_GRACE_S, INT, "604800", 0, 31536000, NULL, 0, KL_PROC_GATEWAY,  \
+      "How long a past_due tenant keeps access before the gateway answers "    \
+      "402.")
+
+#endif

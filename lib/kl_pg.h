@@ -1,0 +1,70 @@
+/*
+ * kl_pg: one PostgreSQL connection that heals itself. A service worker
+ * owns one (never shared between threads).
+ *
+ * - Connects lazily; after the server restarts, the next use reconnects.
+ * - Statements are prepared once per connection by name; the SQL is given
+ *   on every call, so re-preparing after a reconnect needs nothing.
+ * - Errors map to status codes by SQLSTATE: connection failures (class 08,
+ *   57P01..57P03, a dead socket) -> UNAVAILABLE (the connection is dropped
+ *   and made again next time); 23505 unique_violation -> ALREADY_EXISTS;
+ *   23503/23502/23514 and class 22 -> INVALID_ARGUMENT;
+ *   40001/40P01 -> ABORTED; 57014 query_canceled -> DEADLINE_EXCEEDED;
+ *   others -> INTERNAL. The status message carries the server's text.
+ * - Outside a transaction, a call that finds the connection already broken
+ *   (the server restarted while it was idle) reconnects and tries once more
+ *   before failing; kl_pg_begin does the same. Inside a transaction a
+ *   broken connection fails the call: the caller's transaction is gone.
+ */
+#ifndef KL_PG_H
+#define KL_PG_H
+
+#include "kl_code.h"
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct kl_pg kl_pg_t;
+
+/* conninfo: a libpq connection string or URI; copied. Does not connect. */
+kl_pg_t *kl_pg_new(const char *conninfo);
+void kl_pg_destroy(kl_pg_t **self_p);
+
+/* The live connection, connecting if needed; NULL + UNAVAILABLE. */
+PGconn *kl_pg_conn(kl_pg_t *self, kl_status_t *status);
+
+/* Runs prepared statement name (prepared from sql on first use on this
+ * connection) with text parameters (NULL entry = SQL NULL). Returns the
+ * result (caller PQclear()s) for COMMAND_OK or TUPLES_OK, else NULL and
+ * status as above. */
+PGresult *kl_pg_query(kl_pg_t *self, const char *name, const char *sql,
+                      int nparams, const char *const *params,
+                      kl_status_t *status);
+
+/* Runs sql without parameters or preparing (DDL, several statements).
+ * Returns 0 or -code with status. */
+int kl_pg_exec(kl_pg_t *self, const char *sql, kl_status_t *status);
+
+/* Transactions. rollback never fails (a broken connection is dropped). */
+int kl_pg_begin(kl_pg_t *self, kl_status_t *status);
+int kl_pg_commit(kl_pg_t *self, kl_status_t *status);
+void kl_pg_rollback(kl_pg_t *self);
+bool kl_pg_in_transaction(const kl_pg_t *self);
+
+/* A service's own schema, created and migrated at start: in one
+ * transaction under pg_advisory_xact_lock on the schema's name, creates the
+ * schema and <schema>.schema_migrations if missing, then applies each step
+ * whose version is not recorded yet, in order, recording it. Several
+ * instances may start at once: one applies, the others wait and find
+ * nothing to do. */
+typedef struct {
+    int version;     /* 1, 2, 3 ... ascending */
+    const char *sql; /* may hold several statements */
+} kl_pg_migration_t;
+
+int kl_pg_migrate(kl_pg_t *self, const char *schema,
+                  const kl_pg_migration_t *steps, size_t n,
+                  kl_status_t *status);
+
+#endif
