@@ -46,7 +46,8 @@ kl_code_from_int(int number)
 const char *
 kl_strerror(int rc)
 {
-    if (rc > 0)
+    /* Test the range before negating: -INT_MIN does not exist. */
+    if (rc > 0 || rc <= -KL_CODE_COUNT)
         return "UNKNOWN";
     return kl_code_name(kl_code_from_int(-rc));
 }

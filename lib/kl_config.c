@@ -131,16 +131,17 @@ s_parse(const s_entry_t *e, const char *text, s_value_t *v, kl_status_t *status)
         char *end = NULL;
         errno = 0;
         long long n = strtoll(text, &end, 10);
-        if (len == 0 || *end != '\0' || errno == ERANGE ||
-            isspace((unsigned char)text[0]))
+        if (len == 0 || *end != '\0' || isspace((unsigned char)text[0]))
             return kl_status_set(
                 status, KL_INVALID_ARGUMENT,
                 "%s: \"%s\" is not an integer (want %lld..%lld)", e->name,
                 shown, (long long)e->min, (long long)e->max);
-        if (n < e->min || n > e->max)
+        /* Digits beyond long long are out of range, not "not an integer".
+         * The value is shown as written, so a secret stays redacted. */
+        if (errno == ERANGE || n < e->min || n > e->max)
             return kl_status_set(status, KL_INVALID_ARGUMENT,
-                                 "%s: %lld is out of range (want %lld..%lld)",
-                                 e->name, n, (long long)e->min,
+                                 "%s: %s is out of range (want %lld..%lld)",
+                                 e->name, shown, (long long)e->min,
                                  (long long)e->max);
         v->number = n;
         return 0;

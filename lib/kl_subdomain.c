@@ -51,10 +51,49 @@ s_host_char(char c)
            c == '.';
 }
 
+/* A ":port" suffix without its colon: digits only, 1..65535. */
+static bool
+s_port_ok(const char *p)
+{
+    long port = 0;
+    if (!*p || strlen(p) > 5)
+        return false;
+    for (; *p; p++) {
+        if (!isdigit((unsigned char)*p))
+            return false;
+        port = port * 10 + (*p - '0');
+    }
+    return port >= 1 && port <= 65535;
+}
+
+/* "[v6]" or "[v6]:port": hex digits, ':' and '.' (IPv4-mapped) inside
+ * the brackets, at least one ':'. Never a tenant host, but well formed. */
+static kl_host_kind_t
+s_ipv6_literal(const char *host)
+{
+    const char *close = strchr(host, ']');
+    if (!close || close == host + 1)
+        return KL_HOST_MALFORMED;
+    for (const char *p = host + 1; p < close; p++)
+        if (!isxdigit((unsigned char)*p) && *p != ':' && *p != '.')
+            return KL_HOST_MALFORMED;
+    if (!memchr(host + 1, ':', (size_t)(close - host - 1)))
+        return KL_HOST_MALFORMED;
+    if (close[1] == '\0')
+        return KL_HOST_OTHER;
+    if (close[1] != ':' || !s_port_ok(close + 2))
+        return KL_HOST_MALFORMED;
+    return KL_HOST_OTHER;
+}
+
+/* Longest DNS name, without its trailing dot (RFC 1035). */
+#define S_HOST_MAX 253
+
 kl_host_kind_t
 kl_host_parse(const char *host, const char *base, char *out, size_t out_size)
 {
-    char buf[256];
+    char buf[S_HOST_MAX + 2];
+    char bbuf[S_HOST_MAX + 2];
     size_t len;
 
     if (out && out_size)
@@ -62,33 +101,24 @@ kl_host_parse(const char *host, const char *base, char *out, size_t out_size)
     if (!host)
         return KL_HOST_MALFORMED;
     len = strlen(host);
-    if (len == 0 || len >= sizeof buf)
+    if (len == 0)
         return KL_HOST_MALFORMED;
 
-    /* Split off ":port": digits only, 1..65535. IPv6 literals start with
-     * '[' and are never tenant hosts. */
-    if (host[0] == '[') {
-        const char *close = strchr(host, ']');
-        if (!close)
-            return KL_HOST_MALFORMED;
-        return KL_HOST_OTHER;
-    }
+    /* IPv6 literals start with '[' and are never tenant hosts. */
+    if (host[0] == '[')
+        return s_ipv6_literal(host);
+    /* Split off ":port". */
     const char *colon = strchr(host, ':');
     if (colon) {
-        const char *p = colon + 1;
-        long port = 0;
-        if (!*p || strlen(p) > 5)
-            return KL_HOST_MALFORMED;
-        for (; *p; p++) {
-            if (!isdigit((unsigned char)*p))
-                return KL_HOST_MALFORMED;
-            port = port * 10 + (*p - '0');
-        }
-        if (port < 1 || port > 65535)
+        if (!s_port_ok(colon + 1))
             return KL_HOST_MALFORMED;
         len = (size_t)(colon - host);
     }
-    if (len == 0)
+    /* One trailing dot (the root) is allowed; the name without it is at
+     * most 253 characters. */
+    if (len && host[len - 1] == '.')
+        len--;
+    if (len == 0 || len > S_HOST_MAX)
         return KL_HOST_MALFORMED;
     for (size_t i = 0; i < len; i++) {
         char c = (char)tolower((unsigned char)host[i]);
@@ -97,16 +127,24 @@ kl_host_parse(const char *host, const char *base, char *out, size_t out_size)
         buf[i] = c;
     }
     buf[len] = '\0';
-    if (buf[len - 1] == '.')
-        buf[--len] = '\0';
-    if (len == 0 || buf[0] == '.' || strstr(buf, ".."))
+    if (buf[0] == '.' || buf[len - 1] == '.' || strstr(buf, ".."))
         return KL_HOST_MALFORMED;
 
-    size_t blen = strlen(base);
-    if (len == blen && strcmp(buf, base) == 0)
+    /* The base comes from configuration: compare it lowercased and
+     * without a trailing dot, as the host is. */
+    size_t blen = base ? strlen(base) : 0;
+    if (blen && base[blen - 1] == '.')
+        blen--;
+    if (blen > S_HOST_MAX)
+        return KL_HOST_OTHER;
+    for (size_t i = 0; i < blen; i++)
+        bbuf[i] = (char)tolower((unsigned char)base[i]);
+    bbuf[blen] = '\0';
+
+    if (len == blen && strcmp(buf, bbuf) == 0)
         return KL_HOST_APEX;
     if (len <= blen + 1 || buf[len - blen - 1] != '.' ||
-        strcmp(buf + len - blen, base) != 0)
+        strcmp(buf + len - blen, bbuf) != 0)
         return KL_HOST_OTHER;
     buf[len - blen - 1] = '\0';
     if (strchr(buf, '.'))
