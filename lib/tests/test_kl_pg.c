@@ -1,0 +1,426 @@
+/*
+ * kl_pg against a real PostgreSQL: KLTEST_PG_URL names a superuser
+ * connection; each run creates its own database and drops it at the end.
+ */
+#include "kl_alloc.h"
+#include "kl_pg.h"
+
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+static char *s_admin_url; /* KLTEST_PG_URL */
+static char *s_db_name;   /* this run's database */
+static char *s_db_url;    /* conninfo of this run's database */
+
+/* A keyword=value conninfo equal to url but for database dbname. */
+static char *
+s_conninfo_for(const char *url, const char *dbname)
+{
+    char *err = NULL;
+    PQconninfoOption *opts = PQconninfoParse(url, &err);
+    if (!opts) {
+        fprintf(stderr, "bad KLTEST_PG_URL: %s\n", err ? err : "?");
+        PQfreemem(err);
+        return NULL;
+    }
+    size_t cap = 1024, len = 0;
+    char *out = kl_calloc(1, cap);
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        const char *v = strcmp(o->keyword, "dbname") == 0 ? dbname : o->val;
+        if (!v)
+            continue;
+        while (len + strlen(o->keyword) + 2 * strlen(v) + 8 > cap) {
+            cap *= 2;
+            out = kl_realloc(out, cap);
+        }
+        len += (size_t)sprintf(out + len, "%s='", o->keyword);
+        for (const char *p = v; *p; p++) {
+            if (*p == '\'' || *p == '\\')
+                out[len++] = '\\';
+            out[len++] = *p;
+        }
+        out[len++] = '\'';
+        out[len++] = ' ';
+        out[len] = '\0';
+    }
+    PQconninfoFree(opts);
+    return out;
+}
+
+static void
+s_admin_exec(const char *sql)
+{
+    PGconn *c = PQconnectdb(s_admin_url);
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    PGresult *r = PQexec(c, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK &&
+        PQresultStatus(r) != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
+    PQclear(r);
+    PQfinish(c);
+}
+
+static int
+s_group_setup(void **state)
+{
+    const char *url = getenv("KLTEST_PG_URL");
+    if (!url || !*url) {
+        fprintf(stderr, "test_kl_pg needs a PostgreSQL superuser URL: set "
+                        "KLTEST_PG_URL=postgresql://postgres@127.0.0.1:PORT/"
+                        "postgres (see deploy/local/lib.sh kl_pg_start)\n");
+        return -1;
+    }
+    s_admin_url = kl_strdup(url);
+    s_db_name =
+        kl_asprintf("kltest_pg_%d_%ld", (int)getpid(), (long)time(NULL));
+    char *sql = kl_asprintf("CREATE DATABASE %s", s_db_name);
+    s_admin_exec(sql);
+    free(sql);
+    s_db_url = s_conninfo_for(s_admin_url, s_db_name);
+    return s_db_url ? 0 : -1;
+}
+
+static int
+s_group_teardown(void **state)
+{
+    if (s_db_name) {
+        char *sql =
+            kl_asprintf("DROP DATABASE IF EXISTS %s WITH (FORCE)", s_db_name);
+        s_admin_exec(sql);
+        free(sql);
+    }
+    KL_FREE(&s_admin_url);
+    KL_FREE(&s_db_name);
+    KL_FREE(&s_db_url);
+    return 0;
+}
+
+/* The backend pid of pg's connection. */
+static int
+s_backend_pid(kl_pg_t *pg)
+{
+    kl_status_t st;
+    PGresult *r =
+        kl_pg_query(pg, "pid", "SELECT pg_backend_pid()", 0, NULL, &st);
+    if (!r)
+        fail_msg("pg_backend_pid: %s", st.message);
+    int pid = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return pid;
+}
+
+/* Kills backend pid from another connection and waits until it is gone. */
+static void
+s_terminate(int pid)
+{
+    char *sql = kl_asprintf("SELECT pg_terminate_backend(%d)", pid);
+    s_admin_exec(sql);
+    free(sql);
+    PGconn *c = PQconnectdb(s_admin_url);
+    for (int i = 0; i < 100; i++) {
+        char *q = kl_asprintf(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = %d", pid);
+        PGresult *r = PQexec(c, q);
+        free(q);
+        bool gone = strcmp(PQgetvalue(r, 0, 0), "0") == 0;
+        PQclear(r);
+        if (gone)
+            break;
+        usleep(20000);
+    }
+    PQfinish(c);
+}
+
+static void
+test_query_params_and_nulls(void **state)
+{
+    kl_status_t st;
+    kl_pg_t *pg = kl_pg_new(s_db_url);
+    assert_int_equal(kl_pg_exec(pg,
+                                "CREATE TABLE t1 (id int PRIMARY KEY, v text);"
+                                "CREATE TABLE t2 (n int CHECK (n > 0))",
+                                &st),
+                     0);
+    const char *ins = "INSERT INTO t1 (id, v) VALUES ($1, $2)";
+    const char *p1[] = {"1", "one"};
+    const char *p2[] = {"2", NULL};
+    PGresult *r = kl_pg_query(pg, "ins", ins, 2, p1, &st);
+    assert_non_null(r);
+    assert_string_equal(PQcmdTuples(r), "1");
+    PQclear(r);
+    r = kl_pg_query(pg, "ins", ins, 2, p2, &st); /* already prepared */
+    assert_non_null(r);
+    PQclear(r);
+
+    r = kl_pg_query(pg, "sel", "SELECT id, v FROM t1 ORDER BY id", 0, NULL,
+                    &st);
+    assert_non_null(r);
+    assert_int_equal(PQntuples(r), 2);
+    assert_string_equal(PQgetvalue(r, 0, 1), "one");
+    assert_false(PQgetisnull(r, 0, 1));
+    assert_true(PQgetisnull(r, 1, 1));
+    PQclear(r);
+
+    /* SQL NULL parameters compare as NULL. */
+    const char *pn[] = {NULL};
+    r = kl_pg_query(pg, "isnull", "SELECT $1::text IS NULL", 1, pn, &st);
+    assert_non_null(r);
+    assert_string_equal(PQgetvalue(r, 0, 0), "t");
+    PQclear(r);
+
+    assert_non_null(kl_pg_conn(pg, &st));
+    kl_pg_destroy(&pg);
+    assert_null(pg);
+    kl_pg_destroy(&pg);
+}
+
+static void
+test_error_mapping(void **state)
+{
+    kl_status_t st;
+    kl_pg_t *pg = kl_pg_new(s_db_url);
+    assert_int_equal(
+        kl_pg_exec(pg,
+                   "CREATE TABLE e1 (id int PRIMARY KEY, n int CHECK (n > 0))",
+                   &st),
+        0);
+    const char *ins = "INSERT INTO e1 (id, n) VALUES ($1, $2)";
+    const char *p[] = {"1", "1"};
+    PGresult *r = kl_pg_query(pg, "e_ins", ins, 2, p, &st);
+    assert_non_null(r);
+    PQclear(r);
+
+    assert_null(kl_pg_query(pg, "e_ins", ins, 2, p, &st));
+    assert_int_equal(st.code, KL_ALREADY_EXISTS);
+    assert_string_equal(st.message,
+                        "duplicate key value violates unique constraint "
+                        "\"e1_pkey\"");
+
+    const char *neg[] = {"2", "-1"};
+    assert_null(kl_pg_query(pg, "e_ins", ins, 2, neg, &st));
+    assert_int_equal(st.code, KL_INVALID_ARGUMENT);
+    assert_non_null(strstr(st.message, "violates check constraint"));
+
+    const char *bad[] = {"3", "abc"};
+    assert_null(kl_pg_query(pg, "e_ins", ins, 2, bad, &st));
+    assert_int_equal(st.code, KL_INVALID_ARGUMENT); /* 22P02 */
+    assert_non_null(strstr(st.message, "invalid input syntax"));
+
+    assert_int_equal(kl_pg_exec(pg, "SELECT 1/0", &st), -KL_INVALID_ARGUMENT);
+    assert_string_equal(st.message, "division by zero");
+
+    assert_int_equal(kl_pg_exec(pg, "SELEC 1", &st), -KL_INTERNAL);
+    assert_non_null(strstr(st.message, "syntax error"));
+
+    assert_null(kl_pg_query(pg, "e_bad", "SELECT nope FROM e1", 0, NULL, &st));
+    assert_int_equal(st.code, KL_INTERNAL);
+    assert_string_equal(st.message, "column \"nope\" does not exist");
+
+    /* statement_timeout -> DEADLINE_EXCEEDED. */
+    assert_int_equal(kl_pg_exec(pg,
+                                "SET statement_timeout = 50;"
+                                "SELECT pg_sleep(2)",
+                                &st),
+                     -KL_DEADLINE_EXCEEDED);
+    assert_int_equal(kl_pg_exec(pg, "SET statement_timeout = 0", &st), 0);
+
+    /* A failed transaction's COMMIT writes nothing: ABORTED. */
+    assert_int_equal(kl_pg_begin(pg, &st), 0);
+    assert_int_equal(kl_pg_begin(pg, &st), -KL_FAILED_PRECONDITION);
+    assert_int_equal(kl_pg_exec(pg, "SELECT 1/0", &st), -KL_INVALID_ARGUMENT);
+    assert_int_equal(kl_pg_commit(pg, &st), -KL_ABORTED);
+    assert_false(kl_pg_in_transaction(pg));
+    assert_int_equal(kl_pg_exec(pg, "SELECT 1", &st), 0);
+    kl_pg_destroy(&pg);
+
+    /* Nobody listens: UNAVAILABLE, and no connection object. */
+    pg = kl_pg_new("host=127.0.0.1 port=1 dbname=x user=x");
+    assert_null(kl_pg_conn(pg, &st));
+    assert_int_equal(st.code, KL_UNAVAILABLE);
+    assert_non_null(strstr(st.message, "cannot connect to database"));
+    assert_int_equal(kl_pg_exec(pg, "SELECT 1", &st), -KL_UNAVAILABLE);
+    assert_int_equal(kl_pg_begin(pg, &st), -KL_UNAVAILABLE);
+    assert_false(kl_pg_in_transaction(pg));
+    kl_pg_destroy(&pg);
+}
+
+static void
+test_transactions(void **state)
+{
+    kl_status_t st;
+    kl_pg_t *pg = kl_pg_new(s_db_url);
+    assert_int_equal(kl_pg_exec(pg, "CREATE TABLE tx (n int)", &st), 0);
+    const char *one[] = {"1"};
+    const char *two[] = {"2"};
+    assert_int_equal(kl_pg_begin(pg, &st), 0);
+    assert_true(kl_pg_in_transaction(pg));
+    PQclear(
+        kl_pg_query(pg, "tx_ins", "INSERT INTO tx VALUES ($1)", 1, one, &st));
+    kl_pg_rollback(pg);
+    assert_false(kl_pg_in_transaction(pg));
+    assert_int_equal(kl_pg_begin(pg, &st), 0);
+    PQclear(
+        kl_pg_query(pg, "tx_ins", "INSERT INTO tx VALUES ($1)", 1, two, &st));
+    assert_int_equal(kl_pg_commit(pg, &st), 0);
+    assert_int_equal(kl_pg_commit(pg, &st), -KL_FAILED_PRECONDITION);
+    PGresult *r = kl_pg_query(pg, "tx_sel",
+                              "SELECT string_agg(n::text, ',') "
+                              "FROM tx",
+                              0, NULL, &st);
+    assert_non_null(r);
+    assert_string_equal(PQgetvalue(r, 0, 0), "2");
+    PQclear(r);
+    kl_pg_rollback(pg); /* nothing open: harmless */
+    kl_pg_destroy(&pg);
+}
+
+static void
+test_reconnect_idle(void **state)
+{
+    kl_status_t st;
+    kl_pg_t *pg = kl_pg_new(s_db_url);
+    int pid = s_backend_pid(pg);
+    s_terminate(pid);
+    /* The same prepared statement works again on a new connection. */
+    int pid2 = s_backend_pid(pg);
+    assert_int_not_equal(pid, pid2);
+
+    /* begin retries the same way. */
+    s_terminate(pid2);
+    assert_int_equal(kl_pg_begin(pg, &st), 0);
+    assert_int_equal(kl_pg_commit(pg, &st), 0);
+
+    /* And a plain exec. */
+    s_terminate(s_backend_pid(pg));
+    assert_int_equal(kl_pg_exec(pg, "SELECT 1", &st), 0);
+    kl_pg_destroy(&pg);
+}
+
+static void
+test_broken_in_transaction(void **state)
+{
+    kl_status_t st;
+    kl_pg_t *pg = kl_pg_new(s_db_url);
+    assert_int_equal(kl_pg_begin(pg, &st), 0);
+    int pid = s_backend_pid(pg);
+    s_terminate(pid);
+    assert_null(
+        kl_pg_query(pg, "pid", "SELECT pg_backend_pid()", 0, NULL, &st));
+    assert_int_equal(st.code, KL_UNAVAILABLE);
+    /* The transaction is gone: later calls fail too, until rollback. */
+    assert_true(kl_pg_in_transaction(pg));
+    assert_int_equal(kl_pg_exec(pg, "SELECT 1", &st), -KL_UNAVAILABLE);
+    assert_int_equal(kl_pg_commit(pg, &st), -KL_UNAVAILABLE);
+    assert_false(kl_pg_in_transaction(pg));
+    assert_int_not_equal(s_backend_pid(pg), pid);
+
+    assert_int_equal(kl_pg_begin(pg, &st), 0);
+    s_terminate(s_backend_pid(pg));
+    assert_int_equal(kl_pg_exec(pg, "SELECT 1", &st), -KL_UNAVAILABLE);
+    kl_pg_rollback(pg);
+    assert_false(kl_pg_in_transaction(pg));
+    assert_int_equal(kl_pg_exec(pg, "SELECT 1", &st), 0);
+    kl_pg_destroy(&pg);
+}
+
+static const kl_pg_migration_t s_steps[] = {
+    {1, "CREATE TABLE \"Mig Schema\".items (id int PRIMARY KEY);"
+        "INSERT INTO \"Mig Schema\".items VALUES (1)"},
+    {2, "INSERT INTO \"Mig Schema\".items VALUES (2);"
+        "SELECT pg_sleep(0.2)"},
+};
+
+static int64_t
+s_count(kl_pg_t *pg, const char *sql)
+{
+    kl_status_t st;
+    PGresult *r = kl_pg_query(pg, NULL, sql, 0, NULL, &st);
+    if (!r)
+        fail_msg("%s: %s", sql, st.message);
+    int64_t n = atoll(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return n;
+}
+
+static void *
+s_migrate_thread(void *arg)
+{
+    int *rc = arg;
+    kl_status_t st;
+    kl_pg_t *pg = kl_pg_new(s_db_url);
+    *rc = kl_pg_migrate(pg, "Mig Schema", s_steps, 2, &st);
+    if (*rc < 0)
+        fprintf(stderr, "migrate: %s\n", st.message);
+    kl_pg_destroy(&pg);
+    return NULL;
+}
+
+static void
+test_migrate(void **state)
+{
+    kl_status_t st;
+    /* Two instances at once against a database without the schema. */
+    pthread_t t1, t2;
+    int rc1 = 1, rc2 = 1;
+    pthread_create(&t1, NULL, s_migrate_thread, &rc1);
+    pthread_create(&t2, NULL, s_migrate_thread, &rc2);
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    assert_int_equal(rc1, 0);
+    assert_int_equal(rc2, 0);
+
+    kl_pg_t *pg = kl_pg_new(s_db_url);
+    /* And once more, later: nothing to do. */
+    assert_int_equal(kl_pg_migrate(pg, "Mig Schema", s_steps, 2, &st), 0);
+    assert_int_equal(s_count(pg, "SELECT count(*) FROM \"Mig Schema\".items"),
+                     2);
+    assert_int_equal(
+        s_count(pg, "SELECT count(*) FROM \"Mig Schema\".schema_migrations"),
+        2);
+    assert_false(kl_pg_in_transaction(pg));
+
+    /* A failing step rolls back everything of that run. */
+    const kl_pg_migration_t bad[] = {
+        s_steps[0],
+        s_steps[1],
+        {3, "INSERT INTO \"Mig Schema\".items VALUES (3)"},
+        {4, "INSERT INTO \"Mig Schema\".items VALUES (1)"},
+    };
+    assert_int_equal(kl_pg_migrate(pg, "Mig Schema", bad, 4, &st),
+                     -KL_ALREADY_EXISTS);
+    assert_non_null(strstr(st.message, "migration Mig Schema version 4 "
+                                       "failed: duplicate key value"));
+    assert_false(kl_pg_in_transaction(pg));
+    assert_int_equal(s_count(pg, "SELECT count(*) FROM \"Mig Schema\".items"),
+                     2);
+
+    const kl_pg_migration_t unordered[] = {{2, "SELECT 1"}, {1, "SELECT 1"}};
+    assert_int_equal(kl_pg_migrate(pg, "x", unordered, 2, &st),
+                     -KL_INVALID_ARGUMENT);
+    assert_int_equal(kl_pg_migrate(pg, "", s_steps, 2, &st),
+                     -KL_INVALID_ARGUMENT);
+    kl_pg_destroy(&pg);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_query_params_and_nulls),
+        cmocka_unit_test(test_error_mapping),
+        cmocka_unit_test(test_transactions),
+        cmocka_unit_test(test_reconnect_idle),
+        cmocka_unit_test(test_broken_in_transaction),
+        cmocka_unit_test(test_migrate),
+    };
+    return cmocka_run_group_tests(tests, s_group_setup, s_group_teardown);
+}
