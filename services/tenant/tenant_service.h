@@ -1,0 +1,50 @@
+/*
+ * tenant_service: kowloon.tenant.TenantService (proto/kowloon/tenant.proto)
+ * on kl_rpc_server — request validation, the store calls, and a change
+ * event on the Redis channel after every committed write.
+ *
+ * Each worker thread owns one kl_pg (the control database) and one
+ * kl_redis (events); a Redis failure is logged at warn and never fails a
+ * call. See docs/tenant-service.md for the rules and every error.
+ */
+#ifndef TENANT_SERVICE_H
+#define TENANT_SERVICE_H
+
+#include "kl_code.h"
+#include "kl_rpc_server.h"
+
+#include <protobuf-c/protobuf-c.h>
+#include <stddef.h>
+
+typedef struct {
+    const char *database_url;      /* libpq conninfo of the control DB */
+    const char *redis_url;         /* "" disables events */
+    const char *events_channel;    /* KOWLOON_EVENTS_CHANNEL */
+    const char *default_plan;      /* KOWLOON_DEFAULT_PLAN */
+    const char *default_isolation; /* KOWLOON_DEFAULT_ISOLATION */
+    const char *const *reserved;   /* subdomains no tenant may take */
+    size_t n_reserved;
+} tenant_service_opts_t;
+
+typedef struct tenant_service tenant_service_t;
+
+/* Copies opts. NULL + INVALID_ARGUMENT when the Redis URL, the default plan
+ * or the default isolation is malformed. */
+tenant_service_t *tenant_service_new(const tenant_service_opts_t *opts,
+                                     kl_status_t *status);
+void tenant_service_destroy(tenant_service_t **self_p);
+
+/* Creates or upgrades schema "tenant" over a connection of its own; safe
+ * when several instances start at once. */
+int tenant_service_migrate(const tenant_service_t *self, kl_status_t *status);
+
+/* The generated service to give kl_rpc_server_add_service; lives as long
+ * as self. */
+ProtobufCService *tenant_service_base(tenant_service_t *self);
+
+/* Sets opts' worker_init, worker_fini, ready and user for this service
+ * (ready: the worker's database answers SELECT 1). */
+void tenant_service_server_opts(tenant_service_t *self,
+                                kl_rpc_server_opts_t *opts);
+
+#endif

@@ -1,0 +1,469 @@
+/*
+ * tenant_store: SQL of the tenant service. Every statement is prepared
+ * once per connection (kl_pg_query) under a "tenant_" name.
+ */
+#include "tenant_store.h"
+
+#include "kl_alloc.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Schema "tenant". A deleted tenant keeps its row (Get still finds it) but
+ * frees its subdomain: the unique index covers live tenants only. */
+static const kl_pg_migration_t s_migrations[] = {
+    {1, "CREATE TABLE tenant.tenants ("
+        " id uuid PRIMARY KEY DEFAULT gen_random_uuid(),"
+        " subdomain text NOT NULL,"
+        " name text NOT NULL,"
+        " plan text NOT NULL,"
+        " status text NOT NULL CHECK (status IN"
+        "  ('trialing', 'active', 'past_due', 'suspended', 'deleted')),"
+        " isolation text NOT NULL CHECK (isolation IN"
+        "  ('row', 'schema', 'database')),"
+        " created_at timestamptz NOT NULL DEFAULT now(),"
+        " updated_at timestamptz NOT NULL DEFAULT now(),"
+        " status_changed_at timestamptz NOT NULL DEFAULT now());"
+        "CREATE UNIQUE INDEX tenants_subdomain_live ON tenant.tenants"
+        " (subdomain) WHERE status <> 'deleted';"
+        "CREATE INDEX tenants_created ON tenant.tenants (created_at, id);"
+        "CREATE TABLE tenant.api_keys ("
+        " id text PRIMARY KEY,"
+        " tenant_id uuid NOT NULL REFERENCES tenant.tenants (id),"
+        " name text NOT NULL DEFAULT '',"
+        " secret_hash bytea NOT NULL,"
+        " created_at timestamptz NOT NULL DEFAULT now(),"
+        " revoked_at timestamptz);"
+        "CREATE INDEX api_keys_tenant ON tenant.api_keys"
+        " (tenant_id, created_at)"},
+};
+
+int
+tenant_store_migrate(kl_pg_t *pg, kl_status_t *status)
+{
+    return kl_pg_migrate(pg, "tenant", s_migrations,
+                         sizeof s_migrations / sizeof s_migrations[0], status);
+}
+
+/* RFC 3339 UTC with milliseconds. */
+#define S_TS(col)                                                              \
+    "to_char(" col " AT TIME ZONE 'UTC', "                                     \
+    "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
+
+/* The columns of a tenant_row_t, in order. */
+#define S_TENANT_COLS                                                                    \
+    "id::text, subdomain, name, plan, status, isolation, " S_TS("created_at") ", " S_TS( \
+        "updated_at") ", " S_TS("status_changed_at") ", "                                \
+                                                     "(extract(epoch FROM "              \
+                                                     "created_at) * 1000000)"            \
+                                                     "::bigint"
+
+#define S_KEY_COLS "id, tenant_id::text, name, " S_TS("created_at")
+
+static void
+s_copy(char *dst, size_t size, const PGresult *res, int row, int col)
+{
+    snprintf(dst, size, "%s", PQgetvalue(res, row, col));
+}
+
+static void
+s_tenant_from(const PGresult *res, int row, tenant_row_t *t)
+{
+    s_copy(t->id, sizeof t->id, res, row, 0);
+    s_copy(t->subdomain, sizeof t->subdomain, res, row, 1);
+    s_copy(t->name, sizeof t->name, res, row, 2);
+    s_copy(t->plan, sizeof t->plan, res, row, 3);
+    s_copy(t->status, sizeof t->status, res, row, 4);
+    s_copy(t->isolation, sizeof t->isolation, res, row, 5);
+    s_copy(t->created_at, sizeof t->created_at, res, row, 6);
+    s_copy(t->updated_at, sizeof t->updated_at, res, row, 7);
+    s_copy(t->status_changed_at, sizeof t->status_changed_at, res, row, 8);
+    t->created_usec = strtoll(PQgetvalue(res, row, 9), NULL, 10);
+}
+
+static void
+s_key_from(const PGresult *res, int row, tenant_key_row_t *k)
+{
+    s_copy(k->id, sizeof k->id, res, row, 0);
+    s_copy(k->tenant_id, sizeof k->tenant_id, res, row, 1);
+    s_copy(k->name, sizeof k->name, res, row, 2);
+    s_copy(k->created_at, sizeof k->created_at, res, row, 3);
+}
+
+static int
+s_code(const kl_status_t *status)
+{
+    return -(int)status->code;
+}
+
+/* Inside a transaction: locks the tenant's row and refuses a missing or
+ * deleted tenant. */
+static int
+s_lock_live(kl_pg_t *pg, const char *id, kl_status_t *status)
+{
+    const char *params[] = {id};
+    PGresult *res = kl_pg_query(
+        pg, "tenant_lock",
+        "SELECT status FROM tenant.tenants WHERE id = $1 FOR UPDATE", 1, params,
+        status);
+    if (!res)
+        return s_code(status);
+    int rc = 0;
+    if (PQntuples(res) == 0)
+        rc = kl_status_set(status, KL_NOT_FOUND, "tenant %s not found", id);
+    else if (strcmp(PQgetvalue(res, 0, 0), "deleted") == 0)
+        rc = kl_status_set(status, KL_FAILED_PRECONDITION,
+                           "tenant %s is deleted", id);
+    PQclear(res);
+    return rc;
+}
+
+/* Outside a transaction: refuses a missing or deleted tenant. */
+static int
+s_check_live(kl_pg_t *pg, const char *id, kl_status_t *status)
+{
+    const char *params[] = {id};
+    PGresult *res = kl_pg_query(
+        pg, "tenant_status", "SELECT status FROM tenant.tenants WHERE id = $1",
+        1, params, status);
+    if (!res)
+        return s_code(status);
+    int rc = 0;
+    if (PQntuples(res) == 0)
+        rc = kl_status_set(status, KL_NOT_FOUND, "tenant %s not found", id);
+    else if (strcmp(PQgetvalue(res, 0, 0), "deleted") == 0)
+        rc = kl_status_set(status, KL_FAILED_PRECONDITION,
+                           "tenant %s is deleted", id);
+    PQclear(res);
+    return rc;
+}
+
+/* Ends a transaction: commit when rc is 0, else roll back. */
+static int
+s_finish(kl_pg_t *pg, int rc, kl_status_t *status)
+{
+    if (rc < 0) {
+        kl_pg_rollback(pg);
+        return rc;
+    }
+    return kl_pg_commit(pg, status);
+}
+
+int
+tenant_store_create(kl_pg_t *pg, const char *subdomain, const char *name,
+                    const char *plan, const char *isolation,
+                    const char *tenant_status, tenant_row_t *out,
+                    kl_status_t *status)
+{
+    const char *params[] = {subdomain, name, plan, isolation, tenant_status};
+    PGresult *res = kl_pg_query(
+        pg, "tenant_create",
+        "INSERT INTO tenant.tenants (subdomain, name, plan, isolation, status)"
+        " VALUES ($1, $2, $3, $4, $5) RETURNING " S_TENANT_COLS,
+        5, params, status);
+    if (!res) {
+        /* The only unique key a caller controls is the live subdomain. */
+        if (status->code == KL_ALREADY_EXISTS)
+            return kl_status_set(status, KL_ALREADY_EXISTS,
+                                 "subdomain \"%s\" is taken", subdomain);
+        return s_code(status);
+    }
+    s_tenant_from(res, 0, out);
+    PQclear(res);
+    return 0;
+}
+
+int
+tenant_store_get(kl_pg_t *pg, const char *id, tenant_row_t *out,
+                 kl_status_t *status)
+{
+    const char *params[] = {id};
+    PGresult *res = kl_pg_query(pg, "tenant_get",
+                                "SELECT " S_TENANT_COLS
+                                " FROM tenant.tenants WHERE id = $1",
+                                1, params, status);
+    if (!res)
+        return s_code(status);
+    int rc = 0;
+    if (PQntuples(res) == 0)
+        rc = kl_status_set(status, KL_NOT_FOUND, "tenant %s not found", id);
+    else
+        s_tenant_from(res, 0, out);
+    PQclear(res);
+    return rc;
+}
+
+int
+tenant_store_get_by_subdomain(kl_pg_t *pg, const char *subdomain,
+                              tenant_row_t *out, kl_status_t *status)
+{
+    const char *params[] = {subdomain};
+    PGresult *res = kl_pg_query(pg, "tenant_get_by_subdomain",
+                                "SELECT " S_TENANT_COLS " FROM tenant.tenants"
+                                " WHERE subdomain = $1 AND status <> 'deleted'",
+                                1, params, status);
+    if (!res)
+        return s_code(status);
+    int rc = 0;
+    if (PQntuples(res) == 0)
+        rc = kl_status_set(status, KL_NOT_FOUND,
+                           "no tenant with subdomain \"%s\"", subdomain);
+    else
+        s_tenant_from(res, 0, out);
+    PQclear(res);
+    return rc;
+}
+
+int
+tenant_store_list(kl_pg_t *pg, const tenant_store_page_t *page,
+                  tenant_row_t **rows, size_t *n, bool *more,
+                  kl_status_t *status)
+{
+    char usec[24], limit[16];
+    snprintf(usec, sizeof usec, "%lld", (long long)page->after_usec);
+    /* One more row than asked tells whether another page follows. */
+    snprintf(limit, sizeof limit, "%d", page->limit + 1);
+    const char *params[] = {page->status, page->after ? usec : NULL,
+                            page->after ? page->after_id : NULL, limit};
+    PGresult *res = kl_pg_query(
+        pg, "tenant_list",
+        "SELECT " S_TENANT_COLS " FROM tenant.tenants"
+        " WHERE (($1::text IS NULL AND status <> 'deleted') OR status = $1)"
+        "   AND ($2::bigint IS NULL OR (created_at, id) >"
+        "        ('epoch'::timestamptz + $2::bigint * interval '1 microsecond',"
+        "         $3::uuid))"
+        " ORDER BY created_at, id LIMIT $4::int",
+        4, params, status);
+    if (!res)
+        return s_code(status);
+    size_t count = (size_t)PQntuples(res);
+    *more = count > (size_t)page->limit;
+    if (*more)
+        count = (size_t)page->limit;
+    *rows = kl_calloc(count ? count : 1, sizeof **rows);
+    for (size_t i = 0; i < count; i++)
+        s_tenant_from(res, (int)i, &(*rows)[i]);
+    *n = count;
+    PQclear(res);
+    return 0;
+}
+
+int
+tenant_store_update(kl_pg_t *pg, const char *id, const char *name,
+                    const char *plan, const char *tenant_status,
+                    tenant_row_t *out, kl_status_t *status)
+{
+    int rc = kl_pg_begin(pg, status);
+    if (rc < 0)
+        return rc;
+    rc = s_lock_live(pg, id, status);
+    if (rc == 0) {
+        const char *params[] = {id, name, plan, tenant_status};
+        /* In SET, "status" on the right-hand side is the old value. */
+        PGresult *res =
+            kl_pg_query(pg, "tenant_update",
+                        "UPDATE tenant.tenants SET"
+                        " name = COALESCE($2, name),"
+                        " plan = COALESCE($3, plan),"
+                        " status_changed_at = CASE WHEN $4::text IS NOT NULL"
+                        "   AND $4::text <> status THEN now()"
+                        "   ELSE status_changed_at END,"
+                        " status = COALESCE($4::text, status),"
+                        " updated_at = now()"
+                        " WHERE id = $1 RETURNING " S_TENANT_COLS,
+                        4, params, status);
+        if (!res) {
+            rc = s_code(status);
+        } else {
+            s_tenant_from(res, 0, out);
+            PQclear(res);
+        }
+    }
+    return s_finish(pg, rc, status);
+}
+
+int
+tenant_store_delete(kl_pg_t *pg, const char *id, tenant_row_t *out,
+                    tenant_key_row_t **revoked, size_t *n_revoked,
+                    kl_status_t *status)
+{
+    *revoked = NULL;
+    *n_revoked = 0;
+    int rc = kl_pg_begin(pg, status);
+    if (rc < 0)
+        return rc;
+    rc = s_lock_live(pg, id, status);
+    const char *params[] = {id};
+    if (rc == 0) {
+        PGresult *res =
+            kl_pg_query(pg, "tenant_delete",
+                        "UPDATE tenant.tenants SET status = 'deleted',"
+                        " status_changed_at = now(), updated_at = now()"
+                        " WHERE id = $1 RETURNING " S_TENANT_COLS,
+                        1, params, status);
+        if (!res) {
+            rc = s_code(status);
+        } else {
+            s_tenant_from(res, 0, out);
+            PQclear(res);
+        }
+    }
+    if (rc == 0) {
+        PGresult *res =
+            kl_pg_query(pg, "tenant_revoke_all",
+                        "UPDATE tenant.api_keys SET revoked_at = now()"
+                        " WHERE tenant_id = $1 AND revoked_at IS NULL"
+                        " RETURNING " S_KEY_COLS,
+                        1, params, status);
+        if (!res) {
+            rc = s_code(status);
+        } else {
+            size_t count = (size_t)PQntuples(res);
+            *revoked = kl_calloc(count ? count : 1, sizeof **revoked);
+            for (size_t i = 0; i < count; i++)
+                s_key_from(res, (int)i, &(*revoked)[i]);
+            *n_revoked = count;
+            PQclear(res);
+        }
+    }
+    rc = s_finish(pg, rc, status);
+    if (rc < 0) {
+        KL_FREE(revoked);
+        *n_revoked = 0;
+    }
+    return rc;
+}
+
+int
+tenant_store_key_create(kl_pg_t *pg, const char *tenant_id, const char *name,
+                        tenant_key_row_t *out, char key[TENANT_APIKEY_LEN + 1],
+                        kl_status_t *status)
+{
+    int rc = kl_pg_begin(pg, status);
+    if (rc < 0)
+        return rc;
+    /* The lock keeps a concurrent Delete from missing this key. */
+    rc = s_lock_live(pg, tenant_id, status);
+    /* Key ids are 64 random bits: a clash is next to impossible, and is
+     * answered by drawing another id (ON CONFLICT keeps the transaction
+     * alive). */
+    bool inserted = false;
+    for (int attempt = 0; rc == 0 && !inserted && attempt < 3; attempt++) {
+        char id[TENANT_APIKEY_ID_LEN + 1];
+        uint8_t hash[TENANT_APIKEY_HASH_LEN];
+        char hash_hex[2 * TENANT_APIKEY_HASH_LEN + 3];
+        rc = tenant_apikey_generate(id, key, hash, status);
+        if (rc < 0)
+            break;
+        strcpy(hash_hex, "\\x");
+        for (size_t i = 0; i < sizeof hash; i++)
+            snprintf(hash_hex + 2 + 2 * i, 3, "%02x", hash[i]);
+        const char *params[] = {id, tenant_id, name, hash_hex};
+        PGresult *res = kl_pg_query(
+            pg, "tenant_key_create",
+            "INSERT INTO tenant.api_keys (id, tenant_id, name, secret_hash)"
+            " VALUES ($1, $2, $3, $4::bytea) ON CONFLICT (id) DO NOTHING"
+            " RETURNING " S_KEY_COLS,
+            4, params, status);
+        if (!res) {
+            rc = s_code(status);
+            break;
+        }
+        if (PQntuples(res) == 1) {
+            s_key_from(res, 0, out);
+            inserted = true;
+        }
+        PQclear(res);
+    }
+    if (rc == 0 && !inserted)
+        rc = kl_status_set(status, KL_INTERNAL,
+                           "could not draw an unused API key id");
+    rc = s_finish(pg, rc, status);
+    if (rc < 0)
+        memset(key, 0, TENANT_APIKEY_LEN + 1);
+    return rc;
+}
+
+int
+tenant_store_key_list(kl_pg_t *pg, const char *tenant_id,
+                      tenant_key_row_t **rows, size_t *n, kl_status_t *status)
+{
+    *rows = NULL;
+    *n = 0;
+    int rc = s_check_live(pg, tenant_id, status);
+    if (rc < 0)
+        return rc;
+    const char *params[] = {tenant_id};
+    PGresult *res = kl_pg_query(pg, "tenant_key_list",
+                                "SELECT " S_KEY_COLS " FROM tenant.api_keys"
+                                " WHERE tenant_id = $1 AND revoked_at IS NULL"
+                                " ORDER BY created_at, id",
+                                1, params, status);
+    if (!res)
+        return s_code(status);
+    size_t count = (size_t)PQntuples(res);
+    *rows = kl_calloc(count ? count : 1, sizeof **rows);
+    for (size_t i = 0; i < count; i++)
+        s_key_from(res, (int)i, &(*rows)[i]);
+    *n = count;
+    PQclear(res);
+    return 0;
+}
+
+int
+tenant_store_key_delete(kl_pg_t *pg, const char *tenant_id, const char *key_id,
+                        kl_status_t *status)
+{
+    int rc = s_check_live(pg, tenant_id, status);
+    if (rc < 0)
+        return rc;
+    const char *params[] = {tenant_id, key_id};
+    PGresult *res =
+        kl_pg_query(pg, "tenant_key_delete",
+                    "UPDATE tenant.api_keys SET revoked_at = now()"
+                    " WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL",
+                    2, params, status);
+    if (!res)
+        return s_code(status);
+    if (strcmp(PQcmdTuples(res), "1") != 0)
+        rc =
+            kl_status_set(status, KL_NOT_FOUND, "API key %s not found", key_id);
+    PQclear(res);
+    return rc;
+}
+
+int
+tenant_store_key_lookup(kl_pg_t *pg, const char *key_id, char tenant_id[37],
+                        uint8_t hash[TENANT_APIKEY_HASH_LEN], bool *usable,
+                        kl_status_t *status)
+{
+    const char *params[] = {key_id};
+    PGresult *res = kl_pg_query(
+        pg, "tenant_key_lookup",
+        "SELECT k.tenant_id::text, encode(k.secret_hash, 'hex'),"
+        " k.revoked_at IS NULL AND t.status <> 'deleted'"
+        " FROM tenant.api_keys k JOIN tenant.tenants t ON t.id = k.tenant_id"
+        " WHERE k.id = $1",
+        1, params, status);
+    if (!res)
+        return s_code(status);
+    int rc = 0;
+    if (PQntuples(res) == 0) {
+        rc =
+            kl_status_set(status, KL_NOT_FOUND, "API key %s not found", key_id);
+    } else {
+        snprintf(tenant_id, 37, "%s", PQgetvalue(res, 0, 0));
+        const char *hex = PQgetvalue(res, 0, 1);
+        memset(hash, 0, TENANT_APIKEY_HASH_LEN);
+        for (size_t i = 0;
+             i < TENANT_APIKEY_HASH_LEN && hex[2 * i] && hex[2 * i + 1]; i++) {
+            unsigned v = 0;
+            sscanf(hex + 2 * i, "%2x", &v);
+            hash[i] = (uint8_t)v;
+        }
+        *usable = strcmp(PQgetvalue(res, 0, 2), "t") == 0;
+    }
+    PQclear(res);
+    return rc;
+}
