@@ -608,7 +608,7 @@ s_delete(Kowloon__Tenant__TenantService_Service *svc,
 static void
 s_create_api_key(Kowloon__Tenant__TenantService_Service *svc,
                  const Kowloon__Tenant__CreateApiKeyRequest *in,
-                 Kowloon__Tenant__ApiKey_Closure closure, void *closure_data)
+                 Kowloon__Tenant__NewApiKey_Closure closure, void *closure_data)
 {
     tenant_service_t *self = (tenant_service_t *)svc;
     s_worker_t *w = s_worker(closure_data);
@@ -629,8 +629,13 @@ s_create_api_key(Kowloon__Tenant__TenantService_Service *svc,
     /* The key itself is never logged. */
     KL_LOG(KL_INFO, "API key %s created for tenant %s", row.id, row.tenant_id);
     s_publish(self, w, "api_key", row.id, row.tenant_id, NULL, "created");
-    Kowloon__Tenant__ApiKey k;
-    s_key_msg(&row, &k);
+    Kowloon__Tenant__ApiKey listed;
+    s_key_msg(&row, &listed);
+    Kowloon__Tenant__NewApiKey k = KOWLOON__TENANT__NEW_API_KEY__INIT;
+    k.id = listed.id;
+    k.tenant_id = listed.tenant_id;
+    k.name = listed.name;
+    k.created_at = listed.created_at;
     k.secret = key;
     closure(&k, closure_data);
     memset(key, 0, sizeof key);
