@@ -295,6 +295,36 @@ kl_config_log(const kl_config_t *self)
     }
 }
 
+/* Names of the processes, for the "read by" column. */
+static const struct {
+    unsigned bit;
+    const char *name;
+} s_procs[] = {
+    {KL_PROC_GATEWAY, "gateway"}, {KL_PROC_TENANT, "tenant"},
+    {KL_PROC_FLAGS, "flags"},     {KL_PROC_WORKSPACE, "workspace"},
+    {KL_PROC_BILLING, "billing"},
+};
+
+/* "all", "services", or the readers' names separated by ", ". */
+static void
+s_readers(unsigned procs, char *buf, size_t size)
+{
+    size_t len = 0;
+    if ((procs & KL_PROC_ALL) == KL_PROC_ALL) {
+        snprintf(buf, size, "all");
+        return;
+    }
+    if (procs == KL_PROC_SERVICES) {
+        snprintf(buf, size, "services");
+        return;
+    }
+    buf[0] = '\0';
+    for (size_t i = 0; i < sizeof s_procs / sizeof s_procs[0]; i++)
+        if ((procs & s_procs[i].bit) && len < size)
+            len += (size_t)snprintf(buf + len, size - len, "%s%s",
+                                    len ? ", " : "", s_procs[i].name);
+}
+
 void
 kl_config_write_markdown(FILE *out)
 {
@@ -303,7 +333,7 @@ kl_config_write_markdown(FILE *out)
     for (int id = 0; id < KL_CFG_COUNT; id++) {
         const s_entry_t *e = &s_table[id];
         char allowed[128] = "";
-        char readers[64] = "";
+        char readers[128];
         if (e->type == S_INT)
             snprintf(allowed, sizeof allowed, "%lld..%lld", (long long)e->min,
                      (long long)e->max);
@@ -312,12 +342,7 @@ kl_config_write_markdown(FILE *out)
         else if (e->min > 0)
             snprintf(allowed, sizeof allowed, "%lld..%lld characters",
                      (long long)e->min, (long long)e->max);
-        if ((e->procs & KL_PROC_ALL) == KL_PROC_ALL)
-            snprintf(readers, sizeof readers, "all");
-        else
-            snprintf(readers, sizeof readers, "%s%s",
-                     (e->procs & KL_PROC_GATEWAY) ? "gateway " : "",
-                     (e->procs & KL_PROC_TENANT) ? "tenant " : "");
+        s_readers(e->procs, readers, sizeof readers);
         fprintf(out, "| `%s` | %s%s | %s%s%s | %s | %s | %s |\n", e->name,
                 s_type_name(e->type),
                 (e->flags & KL_CFG_SECRET) ? ", secret" : "",

@@ -15,7 +15,11 @@
 
 #define KL_PROC_GATEWAY 0x01u
 #define KL_PROC_TENANT 0x02u
-#define KL_PROC_SERVICES (KL_PROC_TENANT)
+#define KL_PROC_FLAGS 0x04u
+#define KL_PROC_WORKSPACE 0x08u
+#define KL_PROC_BILLING 0x10u
+#define KL_PROC_SERVICES                                                       \
+    (KL_PROC_TENANT | KL_PROC_FLAGS | KL_PROC_WORKSPACE | KL_PROC_BILLING)
 #define KL_PROC_ALL (KL_PROC_GATEWAY | KL_PROC_SERVICES)
 
 #define KL_CFG_SECRET 0x01u
@@ -37,6 +41,14 @@
       "Worker threads of a service, each with its own database connection.")   \
     X(TENANT_BIND, STR, "tcp://127.0.0.1:7101", 1, 256, NULL, 0,               \
       KL_PROC_TENANT, "ZeroMQ endpoint the tenant service binds.")             \
+    X(FLAGS_BIND, STR, "tcp://127.0.0.1:7102", 1, 256, NULL, 0, KL_PROC_FLAGS, \
+      "ZeroMQ endpoint the flags service binds.")                              \
+    X(WORKSPACE_BIND, STR, "tcp://127.0.0.1:7103", 1, 256, NULL, 0,            \
+      KL_PROC_WORKSPACE, "ZeroMQ endpoint the workspace service binds.")       \
+    X(DATA_OWNER_URL, STR, NULL, 1, 4096, NULL, KL_CFG_SECRET,                 \
+      KL_PROC_WORKSPACE,                                                       \
+      "libpq URL of the role that owns the product's tables and runs their "   \
+      "DDL.")                                                                  \
     X(RESERVED_SUBDOMAINS, LIST,                                               \
       "www,api,admin,app,mail,static,assets,cdn,status,docs,help,support,"     \
       "billing,auth,login,dashboard,blog,dev,test,staging,ftp,smtp,imap,pop,"  \
@@ -62,15 +74,55 @@
     X(ADMIN_TOKEN, STR, NULL, 16, 4096, NULL, KL_CFG_SECRET, KL_PROC_GATEWAY,  \
       "Bearer token of the admin API (at least 16 characters).")               \
     X(TENANT_ENDPOINTS, LIST, "tcp://127.0.0.1:7101", 1, 4096, NULL, 0,        \
-      KL_PROC_GATEWAY, "Every instance of the tenant service.")                \
+      KL_PROC_GATEWAY | KL_PROC_BILLING,                                       \
+      "Every instance of the tenant service.")                                 \
+    X(FLAGS_ENDPOINTS, LIST, "tcp://127.0.0.1:7102", 1, 4096, NULL, 0,         \
+      KL_PROC_GATEWAY | KL_PROC_WORKSPACE | KL_PROC_BILLING,                   \
+      "Every instance of the flags service.")                                  \
+    X(WORKSPACE_ENDPOINTS, LIST, "tcp://127.0.0.1:7103", 1, 4096, NULL, 0,     \
+      KL_PROC_GATEWAY, "Every instance of the workspace service.")             \
     X(RPC_TIMEOUT_MS, INT, "3000", 10, 600000, NULL, 0, KL_PROC_GATEWAY,       \
       "Deadline of a call from the gateway to a service.")                     \
     X(TENANT_CACHE_TTL_MS, INT, "30000", 0, 86400000, NULL, 0,                 \
       KL_PROC_GATEWAY,                                                         \
       "Longest a cached tenant or API key is used without asking again.")      \
+    X(ENTITLEMENTS_TTL_MS, INT, "30000", 1, 86400000, NULL, 0,                 \
+      KL_PROC_GATEWAY,                                                         \
+      "Longest cached entitlements are used without asking the flags "        \
+      "service again (longer when it is down: stale-if-error).")              \
+    X(GATEWAY_INSTANCES, INT, "1", 1, 1024, NULL, 0, KL_PROC_GATEWAY,          \
+      "Gateways sharing the traffic round-robin; each enforces 1/N of a "     \
+      "plan's api_requests_per_minute.")                                      \
     X(TENANT_CACHE_MAX_ENTRIES, INT, "200000", 16, 10000000, NULL, 0,          \
       KL_PROC_GATEWAY, "Most tenants and API keys the gateway caches.")        \
-    X(PAST_DUE_GRACE_S, INT, "604800", 0, 31536000, NULL, 0, KL_PROC_GATEWAY,  \
+    X(ROUTES_FILE, STR, "", 0, 4096, NULL, 0, KL_PROC_GATEWAY,                 \
+      "Route file of the product's own routes (docs/routes.md); empty: none.") \
+    X(BILLING_BIND, STR, "tcp://127.0.0.1:7104", 1, 256, NULL, 0,              \
+      KL_PROC_BILLING, "ZeroMQ endpoint the billing service binds.")           \
+    X(BILLING_ENDPOINTS, LIST, "tcp://127.0.0.1:7104", 1, 4096, NULL, 0,       \
+      KL_PROC_GATEWAY, "Every instance of the billing service.")               \
+    X(STRIPE_API_BASE, STR, "https://api.stripe.com", 8, 1024, NULL, 0,        \
+      KL_PROC_BILLING, "Base URL of the Stripe API (a stand-in in tests).")    \
+    X(STRIPE_SECRET_KEY, STR, NULL, 8, 1024, NULL, KL_CFG_SECRET,              \
+      KL_PROC_BILLING, "Stripe secret API key (sk_live_... or sk_test_...).")  \
+    X(STRIPE_WEBHOOK_SECRETS, LIST, NULL, 1, 4096, NULL, KL_CFG_SECRET,        \
+      KL_PROC_BILLING,                                                         \
+      "Webhook signing secrets (whsec_...); several while one rotates.")       \
+    X(STRIPE_WEBHOOK_TOLERANCE_S, INT, "300", 1, 3600, NULL, 0,                \
+      KL_PROC_BILLING,                                                         \
+      "Largest difference between a webhook's timestamp and now.")             \
+    X(STRIPE_API_VERSION, STR, "2024-06-20", 1, 64, NULL, 0, KL_PROC_BILLING,  \
+      "Stripe-Version sent with every API request (pinned).")                  \
+    X(TRIAL_DAYS, INT, "14", 0, 730, NULL, 0, KL_PROC_BILLING,                 \
+      "Trial length of a new subscription.")                                   \
+    X(CHECKOUT_SUCCESS_URL, STR, "https://localhost/billing/success", 8, 2048, \
+      NULL, 0, KL_PROC_BILLING, "Where Checkout sends a payer who paid.")      \
+    X(CHECKOUT_CANCEL_URL, STR, "https://localhost/billing/cancel", 8, 2048,   \
+      NULL, 0, KL_PROC_BILLING, "Where Checkout sends a payer who gave up.")   \
+    X(PORTAL_RETURN_URL, STR, "https://localhost/billing", 8, 2048, NULL, 0,   \
+      KL_PROC_BILLING, "Where the Stripe Customer Portal links back to.")      \
+    X(PAST_DUE_GRACE_S, INT, "604800", 0, 31536000, NULL, 0,                   \
+      KL_PROC_GATEWAY | KL_PROC_BILLING,                                       \
       "How long a past_due tenant keeps access before the gateway answers "    \
       "402.")
 

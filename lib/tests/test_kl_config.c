@@ -69,6 +69,9 @@ test_defaults(void **state)
     (void)state;
     s_env_t env = {{{"KOWLOON_DATABASE_URL", DB_URL},
                     {"KOWLOON_ADMIN_TOKEN", TOKEN},
+                    {"KOWLOON_DATA_OWNER_URL", DB_URL},
+                    {"KOWLOON_STRIPE_SECRET_KEY", "sk_test_abcdef"},
+                    {"KOWLOON_STRIPE_WEBHOOK_SECRETS", "whsec_test"},
                     {NULL, NULL}}};
     kl_config_t *cfg = s_load(KL_PROC_ALL, &env);
     assert_string_equal(kl_config_str(cfg, KL_CFG_LOG_LEVEL), "info");
@@ -194,6 +197,9 @@ test_bad_values(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         s_env_t env = {{{"KOWLOON_DATABASE_URL", DB_URL},
                         {"KOWLOON_ADMIN_TOKEN", TOKEN},
+                        {"KOWLOON_DATA_OWNER_URL", DB_URL},
+                        {"KOWLOON_STRIPE_SECRET_KEY", "sk_test_abcdef"},
+                        {"KOWLOON_STRIPE_WEBHOOK_SECRETS", "whsec_test"},
                         {cases[i].name, cases[i].value},
                         {NULL, NULL}}};
         s_assert_fails(KL_PROC_ALL, &env, cases[i].want);
@@ -223,6 +229,9 @@ test_secrets_not_shown(void **state)
     /* Nor in the log of the effective settings. */
     s_env_t ok = {{{"KOWLOON_ADMIN_TOKEN", TOKEN},
                    {"KOWLOON_DATABASE_URL", DB_URL},
+                   {"KOWLOON_DATA_OWNER_URL", DB_URL},
+                   {"KOWLOON_STRIPE_SECRET_KEY", "sk_test_abcdef"},
+                   {"KOWLOON_STRIPE_WEBHOOK_SECRETS", "whsec_test"},
                    {"KOWLOON_REDIS_URL", "redis://:pa55word@r:6379/0"},
                    {NULL, NULL}}};
     kl_config_t *cfg = s_load(KL_PROC_ALL, &ok);
@@ -297,7 +306,7 @@ test_markdown(void **state)
     fclose(out);
     assert_non_null(strstr(text, "| variable | type | default |"));
     assert_non_null(strstr(text, "| `KOWLOON_WORKERS` | integer | `4` | "
-                                 "1..256 | tenant  |"));
+                                 "1..256 | services |"));
     assert_non_null(strstr(text, "| `KOWLOON_DATABASE_URL` | string, secret "
                                  "| **required** |"));
     assert_non_null(strstr(text, "`debug|info|warn|error`"));

@@ -5,8 +5,9 @@
  *   kowloon-config --markdown      the table, for docs/configuration.md
  *   kowloon-config --names         every variable name, one a line
  *   kowloon-config --check PROC    load the settings of PROC (gateway,
- *                                  tenant) from the environment; exit 1
- *                                  with the error if one is bad
+ *                                  tenant, flags, workspace, billing)
+ *                                  from the environment; exit 1 with
+ *                                  the error if one is bad
  */
 #include "kl_config.h"
 
@@ -17,7 +18,7 @@ static int
 s_usage(void)
 {
     fprintf(stderr, "usage: kowloon-config --markdown | --names | "
-                    "--check gateway|tenant\n");
+                    "--check gateway|tenant|flags|workspace|billing\n");
     return 2;
 }
 
@@ -34,9 +35,12 @@ main(int argc, char **argv)
         return 0;
     }
     if (argc == 3 && strcmp(argv[1], "--check") == 0) {
-        unsigned procs = strcmp(argv[2], "gateway") == 0  ? KL_PROC_GATEWAY
-                         : strcmp(argv[2], "tenant") == 0 ? KL_PROC_TENANT
-                                                          : 0;
+        unsigned procs = strcmp(argv[2], "gateway") == 0     ? KL_PROC_GATEWAY
+                         : strcmp(argv[2], "tenant") == 0    ? KL_PROC_TENANT
+                         : strcmp(argv[2], "flags") == 0     ? KL_PROC_FLAGS
+                         : strcmp(argv[2], "workspace") == 0 ? KL_PROC_WORKSPACE
+                         : strcmp(argv[2], "billing") == 0   ? KL_PROC_BILLING
+                                                             : 0;
         if (!procs)
             return s_usage();
         kl_status_t st;

@@ -1,0 +1,156 @@
+/*
+ * workspace_store: the workspace service's tables in schema "workspace" —
+ * projects and their tasks, one row per tenant's object, isolated by
+ * row-level security (the row model) — and the start-up work around them:
+ * migrations and grants (as the owner role) and the catalog check (as the
+ * application role).
+ *
+ * Data functions run inside a tenant-scoped transaction opened by the
+ * caller (workspace_tx_begin) on a connection of the application role. No
+ * statement names a tenant: the policies filter every read and check every
+ * write against app.tenant_id, so another tenant's rows are invisible and
+ * indistinguishable from rows that do not exist. Inputs are validated by
+ * the caller (workspace_service).
+ *
+ * Every function returns 0 or a negative kl code with status set:
+ *   NOT_FOUND            "project <id> not found", "task <id> not found"
+ *   FAILED_PRECONDITION  the catalog check refuses the roles (its message)
+ *   UNAVAILABLE          the database cannot be reached
+ */
+#ifndef WORKSPACE_STORE_H
+#define WORKSPACE_STORE_H
+
+#include "kl_code.h"
+#include "kl_pg.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define WORKSPACE_NAME_MAX 200  /* project name, characters */
+#define WORKSPACE_TITLE_MAX 500 /* task title, characters */
+
+/* Strings borrow from the result held by the workspace_rows_t they came
+ * in; times are RFC 3339 UTC with milliseconds. */
+typedef struct {
+    const char *id;
+    const char *name;
+    const char *description;
+    const char *created_at;
+    const char *updated_at;
+    int64_t created_usec; /* created_at in µs since the epoch (page keys) */
+} workspace_project_t;
+
+typedef struct {
+    const char *id;
+    const char *project_id;
+    const char *title;
+    const char *notes;
+    bool done;
+    const char *created_at;
+    const char *updated_at;
+    int64_t created_usec;
+} workspace_task_t;
+
+typedef struct {
+    const char *project_id;
+    const char *name;
+    int64_t tasks;
+    int64_t done;
+} workspace_report_t;
+
+/* Rows of one query; exactly one of the arrays is set. Free with
+ * workspace_store_rows_free (accepts a zeroed struct). */
+typedef struct {
+    PGresult *res;
+    size_t n;
+    workspace_project_t *projects;
+    workspace_task_t *tasks;
+    workspace_report_t *reports;
+} workspace_rows_t;
+
+void workspace_store_rows_free(workspace_rows_t *rows);
+
+/* One page in (created_at, id) order. */
+typedef struct {
+    bool after;           /* start after the key below */
+    int64_t after_usec;   /* created_at of the last row seen */
+    const char *after_id; /* id of the last row seen */
+    int limit;            /* rows wanted, >= 1 */
+} workspace_page_t;
+
+/* --- start-up ----------------------------------------------------------- */
+
+/* As the owner role: creates or upgrades schema "workspace"
+ * (kl_pg_migrate): tables, indexes, row-level security enabled and forced,
+ * and the tenant policies. */
+int workspace_store_migrate(kl_pg_t *owner, kl_status_t *status);
+
+/* As the owner role, under the migration lock: GRANT USAGE on the schema
+ * and SELECT, INSERT, UPDATE, DELETE on its tables to app_role (quoted
+ * here with PQescapeIdentifier). Idempotent; run at every start. */
+int workspace_store_grant(kl_pg_t *owner, const char *app_role,
+                          kl_status_t *status);
+
+/* The role a connection runs as (SELECT current_user) into out. */
+int workspace_store_current_role(kl_pg_t *pg, char *out, size_t out_size,
+                                 kl_status_t *status);
+
+/* As the application role: FAILED_PRECONDITION, naming the problem, when
+ * the role is a superuser or has BYPASSRLS, owns (or is a member of the
+ * owner of) schema workspace or any table in it, holds TRUNCATE,
+ * REFERENCES or TRIGGER on one (RLS does not govern them), or when a
+ * table it can use lacks row-level security enabled and forced. Reads
+ * pg_catalog only. */
+int workspace_store_check(kl_pg_t *app, kl_status_t *status);
+
+/* --- data: inside a tenant-scoped transaction ---------------------------- */
+
+int workspace_store_project_create(kl_pg_t *pg, const char *name,
+                                   const char *description,
+                                   workspace_rows_t *out, kl_status_t *status);
+int workspace_store_project_get(kl_pg_t *pg, const char *id,
+                                workspace_rows_t *out, kl_status_t *status);
+/* Up to page->limit projects; *more whether more follow. */
+int workspace_store_project_list(kl_pg_t *pg, const workspace_page_t *page,
+                                 workspace_rows_t *out, bool *more,
+                                 kl_status_t *status);
+/* name, description: NULL leaves the column unchanged. */
+int workspace_store_project_update(kl_pg_t *pg, const char *id,
+                                   const char *name, const char *description,
+                                   workspace_rows_t *out, kl_status_t *status);
+/* Deletes the project and (cascade) its tasks. */
+int workspace_store_project_delete(kl_pg_t *pg, const char *id,
+                                   kl_status_t *status);
+
+/* NOT_FOUND "project <id> not found" when the project is not the tenant's. */
+int workspace_store_task_create(kl_pg_t *pg, const char *project_id,
+                                const char *title, const char *notes,
+                                workspace_rows_t *out, kl_status_t *status);
+int workspace_store_task_get(kl_pg_t *pg, const char *project_id,
+                             const char *id, workspace_rows_t *out,
+                             kl_status_t *status);
+int workspace_store_task_list(kl_pg_t *pg, const char *project_id,
+                              const workspace_page_t *page,
+                              workspace_rows_t *out, bool *more,
+                              kl_status_t *status);
+/* title, notes: NULL unchanged; done: -1 unchanged, 0 or 1. */
+int workspace_store_task_update(kl_pg_t *pg, const char *project_id,
+                                const char *id, const char *title,
+                                const char *notes, int done,
+                                workspace_rows_t *out, kl_status_t *status);
+int workspace_store_task_delete(kl_pg_t *pg, const char *project_id,
+                                const char *id, kl_status_t *status);
+
+/* Every task of the n projects ids, ordered by project then (created_at,
+ * id). */
+int workspace_store_tasks_of(kl_pg_t *pg, const char *const *project_ids,
+                             size_t n, workspace_rows_t *out,
+                             kl_status_t *status);
+
+/* Per project (in creation order): its task count and done count. One
+ * query. */
+int workspace_store_reports(kl_pg_t *pg, workspace_rows_t *out,
+                            kl_status_t *status);
+
+#endif
