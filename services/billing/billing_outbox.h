@@ -1,0 +1,44 @@
+/*
+ * billing_outbox: billing's two background threads.
+ *
+ * - The outbox worker applies rows of billing.outbox to the tenant
+ *   service (TenantService.Update with the row's status and plan), oldest
+ *   first and in order per tenant, marks them done, and retries with
+ *   backoff (200 ms doubling up to 30 s) while the tenant service is
+ *   unavailable. A tenant that is gone or refuses the change marks the row
+ *   done with the error (logged). It polls every poll_interval_ms and is
+ *   woken at once by billing_outbox_wake (after a commit that added rows).
+ * - The sweeper moves past_due subscriptions whose grace has run out to
+ *   suspended (billing_store_sweep_grace) every sweep_interval_ms.
+ *
+ * Several billing instances may run both: rows are taken FOR UPDATE SKIP
+ * LOCKED. Each thread owns its own database connection.
+ */
+#ifndef BILLING_OUTBOX_H
+#define BILLING_OUTBOX_H
+
+#include "kl_code.h"
+#include "kl_rpc_client.h"
+
+#include <stdint.h>
+
+typedef struct {
+    const char *database_url;
+    kl_rpc_client_t *tenant;   /* borrowed: TenantService client */
+    int64_t grace_s;           /* KOWLOON_PAST_DUE_GRACE_S */
+    int64_t poll_interval_ms;  /* 0: 1000 */
+    int64_t sweep_interval_ms; /* 0: 5000 */
+} billing_outbox_opts_t;
+
+typedef struct billing_outbox billing_outbox_t;
+
+/* Starts both threads. */
+billing_outbox_t *billing_outbox_new(const billing_outbox_opts_t *opts,
+                                     kl_status_t *status);
+/* Stops the threads (after the row in hand) and frees. */
+void billing_outbox_destroy(billing_outbox_t **self_p);
+
+/* Wakes the outbox worker now. Any thread. */
+void billing_outbox_wake(billing_outbox_t *self);
+
+#endif
