@@ -636,7 +636,10 @@ gw_server_new(const kl_config_t *cfg, kl_status_t *status)
     for (size_t i = 0; i < n_ep; i++)
         eps[i] = kl_config_list_at(cfg, KL_CFG_TENANT_ENDPOINTS, i);
     kl_rpc_client_opts_t copts = {
-        eps, n_ep, (size_t)kl_config_int(cfg, KL_CFG_RPC_MAX_MESSAGE_BYTES)};
+        .endpoints = eps,
+        .n_endpoints = n_ep,
+        .max_message_bytes =
+            (size_t)kl_config_int(cfg, KL_CFG_RPC_MAX_MESSAGE_BYTES)};
     self->tenant = kl_rpc_client_new(
         &kowloon__tenant__tenant_service__descriptor, &copts, status);
     if (self->tenant)

@@ -30,6 +30,18 @@
     X(RPC_MAX_MESSAGE_BYTES, INT, "4194304", 1024, 268435456, NULL, 0,         \
       KL_PROC_ALL,                                                             \
       "Largest ZeroMQ message accepted; larger ones are refused unparsed.")    \
+    X(CURVE_SECRET_KEY_FILE, STR, "", 0, 4096, NULL, 0, KL_PROC_ALL,           \
+      "This process's Curve key pair (NAME.key_secret from kowloonctl "       \
+      "keygen), its server and client key; empty: plaintext, loopback only.") \
+    X(CURVE_ALLOWED_CLIENTS_DIR, STR, "", 0, 4096, NULL, 0, KL_PROC_SERVICES,  \
+      "Directory of the public certificates (NAME.key) of the clients "       \
+      "allowed to call this service over Curve; re-read when it changes.")    \
+    X(CURVE_SERVER_PUBLIC_KEY, STR, "", 0, 40, NULL, 0, KL_PROC_ALL,           \
+      "Server public key (Z85) of *_ENDPOINTS entries written without "       \
+      "?key=; empty: those are plaintext.")                                   \
+    X(RPC_DRAIN_GRACE_MS, INT, "1000", 0, 60000, NULL, 0, KL_PROC_SERVICES,    \
+      "On SIGTERM, how long a service keeps refusing new calls (not "         \
+      "executed, so callers retry elsewhere) before it exits.")               \
     X(REDIS_URL, STR, "redis://127.0.0.1:6379/0", 0, 1024, NULL,               \
       KL_CFG_SECRET, KL_PROC_ALL,                                              \
       "Redis for the event channel and caches; empty disables Redis.")         \

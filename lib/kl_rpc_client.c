@@ -8,11 +8,16 @@
  * its caller's stack: whoever finishes it (the I/O thread on a reply, the
  * caller on a timeout, destroy on shutdown) unlinks it under the mutex, so
  * the I/O thread never sees a call whose caller has left.
+ *
+ * Endpoints sit in the balancer's slots (kl_rpc_balancer.h): eps[slot].
+ * Sockets belong to the I/O thread once it runs; a new endpoint set is
+ * handed to it (set_req) and applied there, while the caller waits.
  */
 #include "kl_rpc_client.h"
 
 #include "kl_alloc.h"
 #include "kl_log.h"
+#include "kl_rpc_balancer.h"
 #include "kowloon/rpc.pb-c.h"
 
 #include <errno.h>
@@ -29,20 +34,27 @@
 #define S_DEFAULT_MAX_BYTES (4u * 1024 * 1024)
 /* Room for the envelope around a payload of max_message_bytes. */
 #define S_ENVELOPE_ALLOWANCE 4096
-/* Endpoints of one client; the tried-endpoints set is a 64-bit mask. */
-#define S_MAX_ENDPOINTS 64
+#define S_MAX_ENDPOINTS KL_RPC_BALANCER_SLOTS
 /* Attempts of one idempotent call, the first included. */
 #define S_MAX_ATTEMPTS 3
+/* Sends of one call refused as not executed (draining instances). */
+#define S_MAX_NOT_EXECUTED 8
 #define S_BUCKETS 1024
 #define S_RECV_BATCH 256
 #define S_HEARTBEAT_IVL_MS 1000
 #define S_HEARTBEAT_TIMEOUT_MS 3000
 /* A new endpoint may take this long to finish its first connection; until
  * then a call that finds no connected endpoint waits for one (within its
- * deadline) instead of failing UNAVAILABLE at once. */
+ * deadline) instead of failing UNAVAILABLE at once, and a send that finds
+ * no connection does not count against it. */
 #define S_CONNECT_GRACE_MS 1000
 /* Poll tick while calls wait for a first connection. */
 #define S_HOLD_TICK_MS 5
+/* How long a Health.Check probe of an ejected endpoint may take. */
+#define S_PROBE_TIMEOUT_MS 1000
+/* Correlation ids of probes have this bit; calls never reach it. */
+#define S_PROBE_BIT (UINT64_C(1) << 63)
+#define S_ADDR_MAX 512
 
 typedef enum { S_QUEUED, S_SENT, S_DONE } s_state_t;
 
@@ -56,6 +68,7 @@ typedef struct s_call {
     s_state_t state;         /* where the call is */
     int endpoint;            /* where it went, -1 before */
     bool never_sent;         /* no endpoint took it */
+    bool not_executed;       /* the server refused it unrun */
     bool timed_out;          /* the caller stopped waiting */
     kl_code_t code;          /* outcome, once S_DONE */
     char message[KL_STATUS_MESSAGE_MAX]; /* outcome message */
@@ -67,19 +80,30 @@ typedef struct s_call {
 } s_call_t;
 
 typedef struct {
-    char *addr;           /* "tcp://host:port", owned */
+    bool used;            /* slot holds an endpoint */
+    char *spec;           /* as configured, "tcp://h:p?key=...", owned */
+    char *addr;           /* what is connected, "tcp://h:p", owned */
     void *sock;           /* DEALER, I/O thread after start */
-    uint64_t outstanding; /* calls sent and not finished */
     bool ever_sent;       /* some send succeeded: it did connect */
     int64_t created_mono; /* when connect was called */
+    uint64_t probe_corr;  /* correlation id of the probe out, 0 none */
+    int64_t probe_end;    /* when that probe times out */
 } s_endpoint_t;
+
+/* An endpoint set waiting for the I/O thread, and its outcome. */
+typedef struct {
+    char **specs;       /* the new set, borrowed from the caller */
+    size_t n;           /* entries in specs */
+    bool done;          /* applied or refused */
+    kl_status_t status; /* the outcome */
+} s_set_req_t;
 
 struct kl_rpc_client {
     const ProtobufCServiceDescriptor *service; /* not owned */
     size_t max_bytes;                          /* payload cap */
+    const kl_curve_t *curve;                   /* not owned; NULL */
+    char *default_key;                         /* server key, Z85; NULL */
     void *zctx;                                /* ZeroMQ context */
-    s_endpoint_t *eps;                         /* n_eps endpoints */
-    size_t n_eps;                              /* count of eps */
     int wake_fd;                               /* eventfd to the I/O thread */
     pthread_t thread;                          /* the I/O thread */
     bool thread_started;                       /* thread is to be joined */
@@ -89,17 +113,25 @@ struct kl_rpc_client {
     atomic_uint_fast64_t n_retries;            /* stats */
     atomic_uint_fast64_t n_timeouts;           /* stats */
 
-    pthread_mutex_t mu;           /* guards everything below, and eps[] */
-    pthread_cond_t idle;          /* active_callers reached 0 */
-    s_call_t *q_head;             /* calls to send, oldest first */
-    s_call_t *q_tail;             /* last queued */
-    s_call_t *pending[S_BUCKETS]; /* queued or sent calls by corr */
-    unsigned rr;                  /* rotation among equal endpoints */
-    bool closing;                 /* destroy has begun */
-    int active_callers;           /* threads inside a call */
+    pthread_mutex_t mu;                /* guards everything below */
+    pthread_cond_t idle;               /* active_callers reached 0 */
+    pthread_cond_t set_done;           /* a set_req was applied */
+    s_endpoint_t eps[S_MAX_ENDPOINTS]; /* by balancer slot */
+    size_t n_eps;                      /* used slots */
+    kl_rpc_balancer_t *lb;             /* choice and ejection */
+    s_set_req_t *set_req;              /* endpoint set to apply */
+    uint64_t next_probe;               /* probe correlation ids */
+    s_call_t *q_head;                  /* calls to send, oldest first */
+    s_call_t *q_tail;                  /* last queued */
+    s_call_t *pending[S_BUCKETS];      /* queued or sent calls by corr */
+    bool closing;                      /* destroy has begun */
+    int active_callers;                /* threads inside a call */
 };
 
 static void *s_io_main(void *arg);
+static s_call_t *s_pending_take(kl_rpc_client_t *self, uint64_t corr);
+static void s_finish(kl_rpc_client_t *self, s_call_t *c, kl_code_t code,
+                     const char *message);
 
 static void
 s_setsockopt_int(void *sock, int option, int value)
@@ -117,6 +149,176 @@ s_wake(kl_rpc_client_t *self)
     (void)n;
 }
 
+/* Splits "tcp://h:p?key=Z85" into addr and key (the default key when the
+ * spec has none; NULL when neither). Checks the syntax only. */
+static int
+s_parse_spec(kl_rpc_client_t *self, const char *spec, char *addr,
+             size_t addr_size, const char **key, kl_status_t *status)
+{
+    if (!spec || !*spec)
+        return kl_status_set(status, KL_INVALID_ARGUMENT,
+                             "rpc client for %s: an endpoint is empty",
+                             self->service->name);
+    const char *q = strchr(spec, '?');
+    size_t alen = q ? (size_t)(q - spec) : strlen(spec);
+    if (alen == 0 || alen >= addr_size)
+        return kl_status_set(status, KL_INVALID_ARGUMENT,
+                             "rpc client for %s: bad endpoint \"%s\"",
+                             self->service->name, spec);
+    memcpy(addr, spec, alen);
+    addr[alen] = '\0';
+    *key = self->default_key;
+    if (q) {
+        if (strncmp(q, "?key=", 5) != 0 || !kl_curve_key_valid(q + 5))
+            return kl_status_set(status, KL_INVALID_ARGUMENT,
+                                 "rpc client for %s: endpoint \"%s\": want "
+                                 "\"?key=\" and a 40-character Z85 server "
+                                 "key after the address",
+                                 self->service->name, spec);
+        *key = q + 5;
+    }
+    if (*key && !self->curve)
+        return kl_status_set(status, KL_INVALID_ARGUMENT,
+                             "rpc client for %s: endpoint %s has a Curve "
+                             "server key but this process has no key pair "
+                             "(set KOWLOON_CURVE_SECRET_KEY_FILE)",
+                             self->service->name, addr);
+    return 0;
+}
+
+/* A connected DEALER for spec, or NULL + status. */
+static void *
+s_connect(kl_rpc_client_t *self, const char *spec, char **addr_out,
+          kl_status_t *status)
+{
+    char addr[S_ADDR_MAX];
+    const char *key = NULL;
+    if (s_parse_spec(self, spec, addr, sizeof addr, &key, status) < 0)
+        return NULL;
+    void *sock = zmq_socket(self->zctx, ZMQ_DEALER);
+    if (!sock) {
+        kl_status_set(status, KL_INTERNAL, "zmq_socket() failed: %s",
+                      zmq_strerror(zmq_errno()));
+        return NULL;
+    }
+    /* IMMEDIATE: a send with no live connection fails EAGAIN instead of
+     * queueing for a peer that may never come. */
+    s_setsockopt_int(sock, ZMQ_IMMEDIATE, 1);
+    s_setsockopt_int(sock, ZMQ_LINGER, 0);
+    s_setsockopt_int(sock, ZMQ_HEARTBEAT_IVL, S_HEARTBEAT_IVL_MS);
+    s_setsockopt_int(sock, ZMQ_HEARTBEAT_TIMEOUT, S_HEARTBEAT_TIMEOUT_MS);
+    s_setsockopt_int(sock, ZMQ_HEARTBEAT_TTL, S_HEARTBEAT_TIMEOUT_MS);
+    int64_t maxmsg = (int64_t)(self->max_bytes + S_ENVELOPE_ALLOWANCE);
+    zmq_setsockopt(sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
+    if (key && kl_curve_setup_client(self->curve, sock, key, status) < 0) {
+        zmq_close(sock);
+        return NULL;
+    }
+    if (zmq_connect(sock, addr) != 0) {
+        kl_status_set(status, KL_INVALID_ARGUMENT, "zmq_connect(%s) failed: %s",
+                      addr, zmq_strerror(zmq_errno()));
+        zmq_close(sock);
+        return NULL;
+    }
+    *addr_out = kl_strdup(addr);
+    return sock;
+}
+
+/* Fails the calls sent on slot (it is being removed). Mutex held. */
+static void
+s_fail_slot_calls(kl_rpc_client_t *self, int slot)
+{
+    for (size_t b = 0; b < S_BUCKETS; b++) {
+        s_call_t **p = &self->pending[b];
+        while (*p) {
+            s_call_t *c = *p;
+            if (c->state == S_SENT && c->endpoint == slot) {
+                *p = c->hnext;
+                c->hnext = NULL;
+                s_finish(self, c, KL_UNAVAILABLE,
+                         "instance removed from the configuration");
+            } else {
+                p = &c->hnext;
+            }
+        }
+    }
+}
+
+/* Replaces the endpoint set with specs. All new sockets are made first, so
+ * a failure changes nothing. Mutex held; on the I/O thread (or before it
+ * starts). */
+static int
+s_apply_endpoints(kl_rpc_client_t *self, char *const *specs, size_t n,
+                  kl_status_t *status)
+{
+    if (n == 0)
+        return kl_status_set(status, KL_INVALID_ARGUMENT,
+                             "rpc client for %s: at least one endpoint is "
+                             "required",
+                             self->service->name);
+    if (n > S_MAX_ENDPOINTS)
+        return kl_status_set(status, KL_INVALID_ARGUMENT,
+                             "rpc client for %s: %zu endpoints, at most %d",
+                             self->service->name, n, S_MAX_ENDPOINTS);
+    /* keep[i]: the slot already serving specs[i], or -1. */
+    int keep[S_MAX_ENDPOINTS];
+    void *socks[S_MAX_ENDPOINTS] = {0};
+    char *addrs[S_MAX_ENDPOINTS] = {0};
+    bool wanted[S_MAX_ENDPOINTS] = {0};
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        keep[i] = -1;
+        for (int s = 0; s < S_MAX_ENDPOINTS; s++)
+            if (self->eps[s].used && !wanted[s] &&
+                strcmp(self->eps[s].spec, specs[i] ? specs[i] : "") == 0) {
+                keep[i] = s;
+                wanted[s] = true;
+                break;
+            }
+        if (keep[i] < 0) {
+            socks[i] = s_connect(self, specs[i], &addrs[i], status);
+            if (!socks[i])
+                rc = -status->code;
+        }
+    }
+    if (rc < 0) {
+        for (size_t i = 0; i < n; i++) {
+            if (socks[i])
+                zmq_close(socks[i]);
+            free(addrs[i]);
+        }
+        return rc;
+    }
+    for (int s = 0; s < S_MAX_ENDPOINTS; s++) {
+        s_endpoint_t *ep = &self->eps[s];
+        if (!ep->used || wanted[s])
+            continue;
+        s_fail_slot_calls(self, s);
+        kl_rpc_balancer_remove(self->lb, s);
+        zmq_close(ep->sock);
+        free(ep->spec);
+        free(ep->addr);
+        memset(ep, 0, sizeof *ep);
+        self->n_eps--;
+    }
+    int64_t now = kl_now_mono_ms();
+    for (size_t i = 0; i < n; i++) {
+        if (keep[i] >= 0)
+            continue;
+        /* n <= S_MAX_ENDPOINTS and every unwanted slot was freed, so a
+         * slot is always free here. */
+        int s = kl_rpc_balancer_add(self->lb);
+        s_endpoint_t *ep = &self->eps[s];
+        ep->used = true;
+        ep->spec = kl_strdup(specs[i]);
+        ep->addr = addrs[i];
+        ep->sock = socks[i];
+        ep->created_mono = now;
+        self->n_eps++;
+    }
+    return 0;
+}
+
 kl_rpc_client_t *
 kl_rpc_client_new(const ProtobufCServiceDescriptor *service,
                   const kl_rpc_client_opts_t *opts, kl_status_t *status)
@@ -127,16 +329,21 @@ kl_rpc_client_new(const ProtobufCServiceDescriptor *service,
                       "required");
         return NULL;
     }
-    if (opts->n_endpoints > S_MAX_ENDPOINTS) {
+    if (opts->server_public_key && *opts->server_public_key &&
+        !kl_curve_key_valid(opts->server_public_key)) {
         kl_status_set(status, KL_INVALID_ARGUMENT,
-                      "rpc client for %s: %zu endpoints, at most %d",
-                      service->name, opts->n_endpoints, S_MAX_ENDPOINTS);
+                      "rpc client for %s: the server public key is not a "
+                      "40-character Z85 key",
+                      service->name);
         return NULL;
     }
     kl_rpc_client_t *self = kl_calloc(1, sizeof *self);
     self->service = service;
     self->max_bytes =
         opts->max_message_bytes ? opts->max_message_bytes : S_DEFAULT_MAX_BYTES;
+    self->curve = opts->curve;
+    if (opts->server_public_key && *opts->server_public_key)
+        self->default_key = kl_strdup(opts->server_public_key);
     self->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     atomic_init(&self->next_corr, 1);
     atomic_init(&self->n_calls, 0);
@@ -145,9 +352,9 @@ kl_rpc_client_new(const ProtobufCServiceDescriptor *service,
     atomic_init(&self->n_timeouts, 0);
     pthread_mutex_init(&self->mu, NULL);
     pthread_cond_init(&self->idle, NULL);
+    pthread_cond_init(&self->set_done, NULL);
+    self->lb = kl_rpc_balancer_new(&opts->balancer);
     self->zctx = zmq_ctx_new();
-    self->eps = kl_calloc(opts->n_endpoints, sizeof *self->eps);
-    self->n_eps = opts->n_endpoints;
     if (self->wake_fd < 0 || !self->zctx) {
         kl_status_set(status, KL_INTERNAL, "rpc client: %s failed: %s",
                       self->wake_fd < 0 ? "eventfd()" : "zmq_ctx_new()",
@@ -155,42 +362,13 @@ kl_rpc_client_new(const ProtobufCServiceDescriptor *service,
         kl_rpc_client_destroy(&self);
         return NULL;
     }
-    int64_t maxmsg = (int64_t)(self->max_bytes + S_ENVELOPE_ALLOWANCE);
-    for (size_t i = 0; i < self->n_eps; i++) {
-        s_endpoint_t *ep = &self->eps[i];
-        const char *addr = opts->endpoints[i];
-        if (!addr || !*addr) {
-            kl_status_set(status, KL_INVALID_ARGUMENT,
-                          "rpc client for %s: endpoint %zu is empty",
-                          service->name, i);
-            kl_rpc_client_destroy(&self);
-            return NULL;
-        }
-        ep->addr = kl_strdup(addr);
-        ep->sock = zmq_socket(self->zctx, ZMQ_DEALER);
-        if (!ep->sock) {
-            kl_status_set(status, KL_INTERNAL, "zmq_socket() failed: %s",
-                          zmq_strerror(zmq_errno()));
-            kl_rpc_client_destroy(&self);
-            return NULL;
-        }
-        /* IMMEDIATE: a send with no live connection fails EAGAIN instead
-         * of queueing for a peer that may never come. */
-        s_setsockopt_int(ep->sock, ZMQ_IMMEDIATE, 1);
-        s_setsockopt_int(ep->sock, ZMQ_LINGER, 0);
-        s_setsockopt_int(ep->sock, ZMQ_HEARTBEAT_IVL, S_HEARTBEAT_IVL_MS);
-        s_setsockopt_int(ep->sock, ZMQ_HEARTBEAT_TIMEOUT,
-                         S_HEARTBEAT_TIMEOUT_MS);
-        s_setsockopt_int(ep->sock, ZMQ_HEARTBEAT_TTL, S_HEARTBEAT_TIMEOUT_MS);
-        zmq_setsockopt(ep->sock, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
-        if (zmq_connect(ep->sock, addr) != 0) {
-            kl_status_set(status, KL_INVALID_ARGUMENT,
-                          "zmq_connect(%s) failed: %s", addr,
-                          zmq_strerror(zmq_errno()));
-            kl_rpc_client_destroy(&self);
-            return NULL;
-        }
-        ep->created_mono = kl_now_mono_ms();
+    pthread_mutex_lock(&self->mu);
+    int rc = s_apply_endpoints(self, (char *const *)opts->endpoints,
+                               opts->n_endpoints, status);
+    pthread_mutex_unlock(&self->mu);
+    if (rc < 0) {
+        kl_rpc_client_destroy(&self);
+        return NULL;
     }
     /* The sockets move to the I/O thread here; pthread_create is the full
      * memory barrier libzmq asks for when a socket changes threads. */
@@ -202,6 +380,52 @@ kl_rpc_client_new(const ProtobufCServiceDescriptor *service,
     }
     self->thread_started = true;
     return self;
+}
+
+int
+kl_rpc_client_set_endpoints(kl_rpc_client_t *self, const char *const *endpoints,
+                            size_t n, kl_status_t *status)
+{
+    if (!self || (!endpoints && n))
+        return kl_status_set(status, KL_INVALID_ARGUMENT,
+                             "set endpoints: missing argument");
+    s_set_req_t req = {.specs = (char **)endpoints, .n = n};
+    pthread_mutex_lock(&self->mu);
+    /* One change at a time: wait for an earlier one to be applied. */
+    while (self->set_req && !self->closing)
+        pthread_cond_wait(&self->set_done, &self->mu);
+    if (self->closing) {
+        pthread_mutex_unlock(&self->mu);
+        return kl_status_set(status, KL_CANCELLED, "rpc client destroyed");
+    }
+    self->set_req = &req;
+    s_wake(self);
+    while (!req.done)
+        pthread_cond_wait(&self->set_done, &self->mu);
+    pthread_mutex_unlock(&self->mu);
+    if (req.status.code != KL_OK) {
+        if (status)
+            *status = req.status;
+        return -req.status.code;
+    }
+    kl_status_clear(status);
+    return 0;
+}
+
+size_t
+kl_rpc_client_endpoint_count(const kl_rpc_client_t *self, size_t *up)
+{
+    if (up)
+        *up = 0;
+    if (!self)
+        return 0;
+    kl_rpc_client_t *s = (kl_rpc_client_t *)self;
+    pthread_mutex_lock(&s->mu);
+    size_t n = s->n_eps;
+    if (up)
+        *up = kl_rpc_balancer_up_count(s->lb);
+    pthread_mutex_unlock(&s->mu);
+    return n;
 }
 
 /* --- the pending table and queue (mutex held) ------------------------ */
@@ -244,55 +468,49 @@ s_queue_remove(kl_rpc_client_t *self, s_call_t *c)
         }
 }
 
-/* Marks c finished (already unlinked) and wakes its caller. */
+/* Marks c finished (already unlinked) and wakes its caller. The balancer
+ * hears how the endpoint did: a timeout or UNAVAILABLE is a failure. */
 static void
 s_finish(kl_rpc_client_t *self, s_call_t *c, kl_code_t code,
          const char *message)
 {
-    if (c->state == S_SENT && c->endpoint >= 0)
-        self->eps[c->endpoint].outstanding--;
+    if (c->state == S_SENT && c->endpoint >= 0) {
+        int64_t now = kl_now_mono_ms();
+        if (c->not_executed) {
+            kl_rpc_balancer_finished(self->lb, c->endpoint, true, now);
+            kl_rpc_balancer_eject(self->lb, c->endpoint, now);
+        } else {
+            bool ok = code != KL_UNAVAILABLE && code != KL_DEADLINE_EXCEEDED;
+            kl_rpc_balancer_finished(self->lb, c->endpoint, ok, now);
+        }
+    }
     c->state = S_DONE;
     c->code = code;
     snprintf(c->message, sizeof c->message, "%s", message ? message : "");
     pthread_cond_signal(&c->cond);
 }
 
-/* Sends c on the least busy endpoint that takes it: endpoints not tried
- * before come first, then fewer outstanding calls, ties in rotation.
+/* Sends c on the best endpoint that takes it (kl_rpc_balancer_order).
  * Returns the endpoint or -1 when none has a live connection. */
 static int
-s_send(kl_rpc_client_t *self, s_call_t *c)
+s_send(kl_rpc_client_t *self, s_call_t *c, int64_t now)
 {
     int order[S_MAX_ENDPOINTS];
-    size_t n = self->n_eps;
-    for (size_t k = 0; k < n; k++) {
-        int idx = (int)((self->rr + k) % n);
-        uint64_t key = ((c->tried >> idx) & 1 ? (UINT64_C(1) << 62) : 0) +
-                       self->eps[idx].outstanding;
-        /* Insertion sort keeps the rotation order among equal keys. */
-        size_t j = k;
-        while (j > 0) {
-            int prev = order[j - 1];
-            uint64_t pkey = ((c->tried >> prev) & 1 ? (UINT64_C(1) << 62) : 0) +
-                            self->eps[prev].outstanding;
-            if (pkey <= key)
-                break;
-            order[j] = prev;
-            j--;
-        }
-        order[j] = idx;
-    }
-    self->rr++;
+    size_t n = kl_rpc_balancer_order(self->lb, c->tried, order);
     for (size_t k = 0; k < n; k++) {
         s_endpoint_t *ep = &self->eps[order[k]];
         if (zmq_send(ep->sock, c->req, c->req_len, ZMQ_DONTWAIT) >= 0) {
             ep->ever_sent = true;
-            ep->outstanding++;
+            kl_rpc_balancer_sent(self->lb, order[k]);
             return order[k];
         }
         if (zmq_errno() != EAGAIN)
             KL_LOG(KL_DEBUG, "zmq_send() to %s failed: %s", ep->addr,
                    zmq_strerror(zmq_errno()));
+        /* No live connection (or heartbeats dropped it): a failure, once
+         * the endpoint has had its chance to connect. */
+        if (ep->ever_sent || now - ep->created_mono >= S_CONNECT_GRACE_MS)
+            kl_rpc_balancer_failed(self->lb, order[k], now);
     }
     return -1;
 }
@@ -301,8 +519,8 @@ s_send(kl_rpc_client_t *self, s_call_t *c)
 static bool
 s_any_connecting(kl_rpc_client_t *self, int64_t now)
 {
-    for (size_t i = 0; i < self->n_eps; i++)
-        if (!self->eps[i].ever_sent &&
+    for (size_t i = 0; i < S_MAX_ENDPOINTS; i++)
+        if (self->eps[i].used && !self->eps[i].ever_sent &&
             now - self->eps[i].created_mono < S_CONNECT_GRACE_MS)
             return true;
     return false;
@@ -318,7 +536,7 @@ s_send_queued(kl_rpc_client_t *self)
     s_call_t *c = self->q_head;
     while (c) {
         s_call_t *next = c->qnext;
-        int ep = s_send(self, c);
+        int ep = s_send(self, c, now);
         bool hold =
             ep < 0 && now < c->hold_until_mono && s_any_connecting(self, now);
         if (hold) {
@@ -365,17 +583,93 @@ s_cancel_all(kl_rpc_client_t *self)
     }
 }
 
+/* --- probes of ejected endpoints (mutex held) ------------------------ */
+
+/* Sends Health.Check to every endpoint whose backoff ended, and fails the
+ * probes that timed out. Returns when the next one is due (mono ms). */
+static int64_t
+s_probe(kl_rpc_client_t *self, int64_t now)
+{
+    for (int slot; (slot = kl_rpc_balancer_probe_due(self->lb, now)) >= 0;) {
+        s_endpoint_t *ep = &self->eps[slot];
+        Kowloon__Rpc__Request req = KOWLOON__RPC__REQUEST__INIT;
+        uint64_t corr = S_PROBE_BIT | ++self->next_probe;
+        req.version = KL_RPC_VERSION;
+        req.correlation_id = corr;
+        req.service = (char *)kowloon__rpc__health__descriptor.name;
+        req.method = "Check";
+        req.deadline_unix_ms = kl_now_unix_ms() + S_PROBE_TIMEOUT_MS;
+        uint8_t buf[256];
+        size_t len = kowloon__rpc__request__pack(&req, buf);
+        if (zmq_send(ep->sock, buf, len, ZMQ_DONTWAIT) >= 0) {
+            ep->probe_corr = corr;
+            ep->probe_end = now + S_PROBE_TIMEOUT_MS;
+        } else {
+            kl_rpc_balancer_probe_result(self->lb, slot, false, now);
+        }
+    }
+    int64_t next = kl_rpc_balancer_next_probe_ms(self->lb);
+    for (int s = 0; s < S_MAX_ENDPOINTS; s++) {
+        s_endpoint_t *ep = &self->eps[s];
+        if (!ep->used || !ep->probe_corr)
+            continue;
+        if (now >= ep->probe_end) {
+            ep->probe_corr = 0;
+            kl_rpc_balancer_probe_result(self->lb, s, false, now);
+            int64_t again = kl_rpc_balancer_next_probe_ms(self->lb);
+            if (again < next)
+                next = again;
+        } else if (ep->probe_end < next) {
+            next = ep->probe_end;
+        }
+    }
+    return next;
+}
+
+/* A reply to a probe: SERVING brings the endpoint back. */
+static void
+s_on_probe_reply(kl_rpc_client_t *self, int slot,
+                 const Kowloon__Rpc__Response *resp)
+{
+    bool ok = false;
+    if ((!resp->status || resp->status->code == 0) && !resp->not_executed) {
+        Kowloon__Rpc__HealthCheckResponse *h =
+            kowloon__rpc__health_check_response__unpack(NULL, resp->payload.len,
+                                                        resp->payload.data);
+        ok = h &&
+             h->status ==
+                 KOWLOON__RPC__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+        if (h)
+            kowloon__rpc__health_check_response__free_unpacked(h, NULL);
+    }
+    pthread_mutex_lock(&self->mu);
+    s_endpoint_t *ep = &self->eps[slot];
+    if (ep->used && ep->probe_corr == resp->correlation_id) {
+        ep->probe_corr = 0;
+        kl_rpc_balancer_probe_result(self->lb, slot, ok, kl_now_mono_ms());
+        if (ok)
+            KL_LOG(KL_INFO, "%s instance %s answers again, back in rotation",
+                   self->service->name, ep->addr);
+    }
+    pthread_mutex_unlock(&self->mu);
+}
+
 /* --- the I/O thread --------------------------------------------------- */
 
 static void
-s_on_reply(kl_rpc_client_t *self, s_endpoint_t *ep, const uint8_t *data,
-           size_t len)
+s_on_reply(kl_rpc_client_t *self, int slot, const uint8_t *data, size_t len)
 {
+    s_endpoint_t *ep = &self->eps[slot];
     Kowloon__Rpc__Response *resp =
         kowloon__rpc__response__unpack(NULL, len, data);
     if (!resp) {
         KL_LOG(KL_WARN, "malformed rpc reply of %zu bytes from %s, dropped",
                len, ep->addr);
+        return;
+    }
+    if (resp->correlation_id & S_PROBE_BIT) {
+        s_on_probe_reply(self, slot, resp);
+        kowloon__rpc__response__free_unpacked(resp, NULL);
         return;
     }
     pthread_mutex_lock(&self->mu);
@@ -389,6 +683,11 @@ s_on_reply(kl_rpc_client_t *self, s_endpoint_t *ep, const uint8_t *data,
             c->payload = kl_memdup(resp->payload.data, resp->payload.len);
             c->payload_len = resp->payload.len;
         }
+        /* Only a refusal can be "not executed"; an OK is taken as run. */
+        c->not_executed = code != KL_OK && resp->not_executed;
+        if (c->not_executed)
+            KL_LOG(KL_DEBUG, "%s instance %s refused a call unrun: %s",
+                   self->service->name, ep->addr, msg);
         s_finish(self, c, code, msg);
     } else if (c) {
         /* Not sent yet: cannot be its reply; put it back. */
@@ -403,8 +702,9 @@ s_on_reply(kl_rpc_client_t *self, s_endpoint_t *ep, const uint8_t *data,
 }
 
 static void
-s_read_endpoint(kl_rpc_client_t *self, s_endpoint_t *ep)
+s_read_endpoint(kl_rpc_client_t *self, int slot)
 {
+    s_endpoint_t *ep = &self->eps[slot];
     for (int n = 0; n < S_RECV_BATCH; n++) {
         zmq_msg_t msg;
         zmq_msg_init(&msg);
@@ -414,7 +714,7 @@ s_read_endpoint(kl_rpc_client_t *self, s_endpoint_t *ep)
         }
         bool more = zmq_msg_more(&msg);
         if (!more) {
-            s_on_reply(self, ep, zmq_msg_data(&msg), zmq_msg_size(&msg));
+            s_on_reply(self, slot, zmq_msg_data(&msg), zmq_msg_size(&msg));
         } else {
             while (more) {
                 zmq_msg_t extra;
@@ -433,26 +733,55 @@ static void *
 s_io_main(void *arg)
 {
     kl_rpc_client_t *self = arg;
-    zmq_pollitem_t *items = kl_calloc(self->n_eps + 1, sizeof *items);
-    for (size_t i = 0; i < self->n_eps; i++) {
-        items[i].socket = self->eps[i].sock;
-        items[i].events = ZMQ_POLLIN;
-    }
-    items[self->n_eps].fd = self->wake_fd;
-    items[self->n_eps].events = ZMQ_POLLIN;
+    zmq_pollitem_t items[S_MAX_ENDPOINTS + 1];
+    int slots[S_MAX_ENDPOINTS];
 
     for (;;) {
         pthread_mutex_lock(&self->mu);
         if (self->closing) {
             s_cancel_all(self);
+            if (self->set_req) {
+                kl_status_set(&self->set_req->status, KL_CANCELLED,
+                              "rpc client destroyed");
+                self->set_req->done = true;
+                self->set_req = NULL;
+                pthread_cond_broadcast(&self->set_done);
+            }
             pthread_mutex_unlock(&self->mu);
             break;
         }
+        if (self->set_req) {
+            s_set_req_t *req = self->set_req;
+            kl_status_clear(&req->status);
+            s_apply_endpoints(self, req->specs, req->n, &req->status);
+            req->done = true;
+            self->set_req = NULL;
+            pthread_cond_broadcast(&self->set_done);
+        }
         int held = s_send_queued(self);
+        int64_t now = kl_now_mono_ms();
+        int64_t next_probe = s_probe(self, now);
+        int n = 0;
+        for (int s = 0; s < S_MAX_ENDPOINTS; s++)
+            if (self->eps[s].used) {
+                items[n].socket = self->eps[s].sock;
+                items[n].fd = 0;
+                items[n].events = ZMQ_POLLIN;
+                items[n].revents = 0;
+                slots[n++] = s;
+            }
         pthread_mutex_unlock(&self->mu);
+        items[n].socket = NULL;
+        items[n].fd = self->wake_fd;
+        items[n].events = ZMQ_POLLIN;
+        items[n].revents = 0;
 
-        int rc =
-            zmq_poll(items, (int)self->n_eps + 1, held ? S_HOLD_TICK_MS : -1);
+        long timeout = -1;
+        if (next_probe != INT64_MAX)
+            timeout = next_probe > now ? (long)(next_probe - now) : 0;
+        if (held && (timeout < 0 || timeout > S_HOLD_TICK_MS))
+            timeout = S_HOLD_TICK_MS;
+        int rc = zmq_poll(items, n + 1, timeout);
         if (rc < 0) {
             if (zmq_errno() == EINTR)
                 continue;
@@ -463,20 +792,22 @@ s_io_main(void *arg)
             pthread_mutex_unlock(&self->mu);
             continue;
         }
-        if (items[self->n_eps].revents & ZMQ_POLLIN) {
+        if (items[n].revents & ZMQ_POLLIN) {
             uint64_t v;
             ssize_t r = read(self->wake_fd, &v, sizeof v);
             (void)r;
         }
-        for (size_t i = 0; i < self->n_eps; i++)
+        /* Only this thread changes the endpoint set, so the slots polled
+         * are still the same sockets. */
+        for (int i = 0; i < n; i++)
             if (items[i].revents & ZMQ_POLLIN)
-                s_read_endpoint(self, &self->eps[i]);
+                s_read_endpoint(self, slots[i]);
     }
-    free(items);
-    for (size_t i = 0; i < self->n_eps; i++) {
-        zmq_close(self->eps[i].sock);
-        self->eps[i].sock = NULL;
-    }
+    for (int s = 0; s < S_MAX_ENDPOINTS; s++)
+        if (self->eps[s].sock) {
+            zmq_close(self->eps[s].sock);
+            self->eps[s].sock = NULL;
+        }
     return NULL;
 }
 
@@ -488,6 +819,7 @@ kl_rpc_client_destroy(kl_rpc_client_t **self_p)
     kl_rpc_client_t *self = *self_p;
     pthread_mutex_lock(&self->mu);
     self->closing = true;
+    pthread_cond_broadcast(&self->set_done);
     pthread_mutex_unlock(&self->mu);
     if (self->thread_started) {
         s_wake(self);
@@ -498,18 +830,21 @@ kl_rpc_client_destroy(kl_rpc_client_t **self_p)
     while (self->active_callers > 0)
         pthread_cond_wait(&self->idle, &self->mu);
     pthread_mutex_unlock(&self->mu);
-    for (size_t i = 0; i < self->n_eps; i++) {
-        if (self->eps[i].sock)
-            zmq_close(self->eps[i].sock);
-        free(self->eps[i].addr);
+    for (int s = 0; s < S_MAX_ENDPOINTS; s++) {
+        if (self->eps[s].sock)
+            zmq_close(self->eps[s].sock);
+        free(self->eps[s].spec);
+        free(self->eps[s].addr);
     }
-    free(self->eps);
+    kl_rpc_balancer_destroy(&self->lb);
     if (self->zctx)
         zmq_ctx_term(self->zctx);
     if (self->wake_fd >= 0)
         close(self->wake_fd);
+    free(self->default_key);
     pthread_mutex_destroy(&self->mu);
     pthread_cond_destroy(&self->idle);
+    pthread_cond_destroy(&self->set_done);
     free(self);
     *self_p = NULL;
 }
@@ -636,12 +971,17 @@ kl_rpc_client_call_raw(kl_rpc_client_t *self, const char *method,
     }
 
     int64_t end = kl_now_mono_ms() + opts->timeout_ms;
+    pthread_mutex_lock(&self->mu);
+    size_t n_eps = self->n_eps;
+    pthread_mutex_unlock(&self->mu);
     int max_attempts = 1;
-    if (opts->idempotent && self->n_eps > 1)
-        max_attempts =
-            self->n_eps < S_MAX_ATTEMPTS ? (int)self->n_eps : S_MAX_ATTEMPTS;
+    if (opts->idempotent && n_eps > 1)
+        max_attempts = n_eps < S_MAX_ATTEMPTS ? (int)n_eps : S_MAX_ATTEMPTS;
     uint64_t tried = 0;
     int rc;
+    /* attempt counts the sends that may have run (they share the
+     * deadline); refusals marked not executed are counted apart. */
+    int refused = 0;
     for (int attempt = 0;; attempt++) {
         int64_t now = kl_now_mono_ms();
         int64_t remaining = end - now;
@@ -680,9 +1020,17 @@ kl_rpc_client_call_raw(kl_rpc_client_t *self, const char *method,
         bool timed_out = c.timed_out;
         if (timed_out)
             atomic_fetch_add(&self->n_timeouts, 1);
-        bool retry = !c.never_sent && attempt + 1 < max_attempts &&
-                     (timed_out || c.code == KL_UNAVAILABLE) &&
-                     end - kl_now_mono_ms() > 0;
+        bool retry;
+        if (c.not_executed) {
+            /* It did not run there: any call may go elsewhere. */
+            retry =
+                ++refused < S_MAX_NOT_EXECUTED && end - kl_now_mono_ms() > 0;
+            attempt--;
+        } else {
+            retry = !c.never_sent && attempt + 1 < max_attempts &&
+                    (timed_out || c.code == KL_UNAVAILABLE) &&
+                    end - kl_now_mono_ms() > 0;
+        }
         if (retry) {
             if (c.endpoint >= 0)
                 tried |= UINT64_C(1) << c.endpoint;

@@ -11,8 +11,16 @@
  * could not be handed to any peer was never sent, so trying another
  * endpoint is safe for every call); timeout -> DEADLINE_EXCEEDED. A call
  * that timed out or was answered UNAVAILABLE is retried on another endpoint
- * only when opts.idempotent, within the same deadline. A reply that comes
- * after its caller gave up is dropped.
+ * only when opts.idempotent, within the same deadline. A call the server
+ * refused with Response.not_executed (draining, queue full) is sent to
+ * another endpoint whatever the method: it provably did not run. A reply
+ * that comes after its caller gave up is dropped.
+ *
+ * Health: an endpoint that keeps failing (timeouts, UNAVAILABLE, no
+ * connection: ZeroMQ heartbeats drop a peer that stops answering) or says
+ * it is draining is ejected and probed with Health.Check until it answers
+ * SERVING (kl_rpc_balancer.h). kl_rpc_client_set_endpoints replaces the
+ * set of endpoints at run time (config reload).
  *
  * Thread-safe: one client serves all threads of a process.
  */
@@ -20,7 +28,9 @@
 #define KL_RPC_CLIENT_H
 
 #include "kl_code.h"
+#include "kl_curve.h"
 #include "kl_rpc.h"
+#include "kl_rpc_balancer.h"
 
 #include <protobuf-c/protobuf-c.h>
 #include <stdbool.h>
@@ -30,9 +40,20 @@
 typedef struct kl_rpc_client kl_rpc_client_t;
 
 typedef struct {
-    const char *const *endpoints; /* every instance, "tcp://host:port" */
+    /* Every instance, "tcp://host:port", or "tcp://host:port?key=<Z85>"
+     * to reach it over Curve with that server public key. */
+    const char *const *endpoints;
     size_t n_endpoints;
     size_t max_message_bytes; /* replies larger are dropped; 0 = 4 MiB */
+    /* This process's Curve key pair, used as client key (kl_curve.h). Not
+     * owned, must outlive the client. NULL: no endpoint may have a key. */
+    const kl_curve_t *curve;
+    /* Server public key (Z85) of endpoints written without "?key=";
+     * NULL or "": such endpoints are plaintext. */
+    const char *server_public_key;
+    /* Ejection of failing instances (kl_rpc_balancer.h); zeros: defaults
+     * (3 failures, 1 s first backoff, 30 s longest). */
+    kl_rpc_balancer_opts_t balancer;
 } kl_rpc_client_opts_t;
 
 /* A client of service (the generated descriptor, e.g.
@@ -68,6 +89,20 @@ int kl_rpc_client_call_raw(kl_rpc_client_t *self, const char *method,
                            const uint8_t *in, size_t in_len,
                            const kl_call_opts_t *opts, uint8_t **out,
                            size_t *out_len, kl_status_t *status);
+
+/*
+ * Replaces the endpoints (same syntax as opts.endpoints). Endpoints in both
+ * sets keep their connection, state and calls; new ones are connected;
+ * calls in flight on a removed one fail UNAVAILABLE (retried elsewhere when
+ * idempotent). Nothing changes on error (INVALID_ARGUMENT naming the bad
+ * endpoint). Thread-safe; returns once the I/O thread has applied it.
+ */
+int kl_rpc_client_set_endpoints(kl_rpc_client_t *self,
+                                const char *const *endpoints, size_t n,
+                                kl_status_t *status);
+
+/* Endpoints now, and how many of them are in rotation (not ejected). */
+size_t kl_rpc_client_endpoint_count(const kl_rpc_client_t *self, size_t *up);
 
 /* Counters since start, for /metrics. */
 typedef struct {

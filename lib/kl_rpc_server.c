@@ -84,6 +84,7 @@ struct kl_rpc_server {
     Kowloon__Rpc__Health_Service health; /* the built-in Health */
     void *zctx;                          /* ZeroMQ context */
     void *router;                        /* ROUTER, I/O thread only */
+    kl_curve_zap_t *zap;                 /* ZAP handler with opts.curve */
     int wake_fd;                         /* eventfd: replies, stop */
     atomic_int stop;                     /* stop was asked */
     bool ran;                            /* run() was entered */
@@ -122,6 +123,12 @@ kl_rpc_server_new(const kl_rpc_server_opts_t *opts, kl_status_t *status)
         kl_status_set(status, KL_INVALID_ARGUMENT,
                       "rpc server: workers must be 1 to 4096, got %d",
                       opts->workers);
+        return NULL;
+    }
+    if (opts->drain_grace_ms < 0 || opts->drain_grace_ms > 600000) {
+        kl_status_set(status, KL_INVALID_ARGUMENT,
+                      "rpc server: drain_grace_ms must be 0 to 600000, got %d",
+                      opts->drain_grace_ms);
         return NULL;
     }
     kl_rpc_server_t *self = kl_calloc(1, sizeof *self);
@@ -182,6 +189,31 @@ s_setsockopt_int(void *sock, int option, int value)
                zmq_strerror(zmq_errno()));
 }
 
+/* Whether endpoint reaches this host only: tcp to 127.0.0.0/8, ::1 or
+ * localhost, and ipc or inproc. */
+static bool
+s_is_loopback(const char *endpoint)
+{
+    if (strncmp(endpoint, "ipc://", 6) == 0 ||
+        strncmp(endpoint, "inproc://", 9) == 0)
+        return true;
+    if (strncmp(endpoint, "tcp://", 6) != 0)
+        return false;
+    const char *host = endpoint + 6;
+    const char *colon = strrchr(host, ':');
+    if (!colon)
+        return false;
+    size_t len = (size_t)(colon - host);
+    if (len > 4 && strncmp(host, "127.", 4) == 0) {
+        for (size_t i = 4; i < len; i++)
+            if (!(host[i] == '.' || (host[i] >= '0' && host[i] <= '9')))
+                return false;
+        return true;
+    }
+    return (len == 9 && strncmp(host, "localhost", 9) == 0) ||
+           (len == 5 && strncmp(host, "[::1]", 5) == 0);
+}
+
 int
 kl_rpc_server_bind(kl_rpc_server_t *self, kl_status_t *status)
 {
@@ -189,10 +221,36 @@ kl_rpc_server_bind(kl_rpc_server_t *self, kl_status_t *status)
         return kl_status_set(status, KL_INVALID_ARGUMENT, "no server");
     if (self->router)
         return 0;
+    if (!self->opts.curve && !s_is_loopback(self->bind))
+        return kl_status_set(
+            status, KL_FAILED_PRECONDITION,
+            "rpc server: refusing to bind %s without Curve keys: only "
+            "loopback may be plaintext; set KOWLOON_CURVE_SECRET_KEY_FILE and "
+            "KOWLOON_CURVE_ALLOWED_CLIENTS_DIR (docs/operations/curve.md)",
+            self->bind);
+    if (self->opts.curve && !kl_curve_has_allow_list(self->opts.curve))
+        return kl_status_set(
+            status, KL_FAILED_PRECONDITION,
+            "rpc server: Curve keys without a client allow-list: set "
+            "KOWLOON_CURVE_ALLOWED_CLIENTS_DIR");
+    /* The ZAP handler goes first: a Curve socket bound before it would
+     * let in any client that knows the server key. */
+    if (self->opts.curve && !self->zap) {
+        self->zap = kl_curve_zap_new(self->opts.curve, self->zctx, status);
+        if (!self->zap)
+            return -status->code;
+    }
     void *router = zmq_socket(self->zctx, ZMQ_ROUTER);
     if (!router)
         return kl_status_set(status, KL_INTERNAL, "zmq_socket() failed: %s",
                              zmq_strerror(zmq_errno()));
+    if (self->opts.curve) {
+        int crc = kl_curve_setup_server(self->opts.curve, router, status);
+        if (crc < 0) {
+            zmq_close(router);
+            return crc;
+        }
+    }
     int64_t maxmsg = (int64_t)(self->max_bytes + S_ENVELOPE_ALLOWANCE);
     zmq_setsockopt(router, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg);
     s_setsockopt_int(router, ZMQ_LINGER, S_LINGER_MS);
@@ -320,7 +378,7 @@ s_call_destroy(kl_call_t **call_p)
 static s_reply_t *
 s_reply_new(const uint8_t *identity, size_t identity_len, uint64_t corr,
             kl_code_t code, const char *message, const uint8_t *payload,
-            size_t payload_len)
+            size_t payload_len, bool not_executed)
 {
     Kowloon__Rpc__Status st = KOWLOON__RPC__STATUS__INIT;
     Kowloon__Rpc__Response resp = KOWLOON__RPC__RESPONSE__INIT;
@@ -329,6 +387,7 @@ s_reply_new(const uint8_t *identity, size_t identity_len, uint64_t corr,
     resp.version = KL_RPC_VERSION;
     resp.correlation_id = corr;
     resp.status = &st;
+    resp.not_executed = not_executed;
     if (code == KL_OK && payload_len) {
         resp.payload.data = (uint8_t *)payload;
         resp.payload.len = payload_len;
@@ -474,10 +533,11 @@ s_run_call(kl_rpc_server_t *self, void *worker_state, kl_call_t *call)
                call->req->method, kl_code_name(call->status.code),
                call->status.message);
     kl_log_clear_context();
-    s_reply_t *r = s_reply_new(
-        call->identity, call->identity_len, call->req->correlation_id,
-        call->failed ? call->status.code : KL_OK,
-        call->failed ? call->status.message : "", call->out, call->out_len);
+    s_reply_t *r = s_reply_new(call->identity, call->identity_len,
+                               call->req->correlation_id,
+                               call->failed ? call->status.code : KL_OK,
+                               call->failed ? call->status.message : "",
+                               call->out, call->out_len, false);
     s_post_reply(self, &r);
 }
 
@@ -622,10 +682,10 @@ s_send_reply(kl_rpc_server_t *self, s_reply_t *r)
 static void
 s_answer_now(kl_rpc_server_t *self, const uint8_t *identity,
              size_t identity_len, uint64_t corr, kl_code_t code,
-             const char *message)
+             const char *message, bool not_executed)
 {
-    s_reply_t *r =
-        s_reply_new(identity, identity_len, corr, code, message, NULL, 0);
+    s_reply_t *r = s_reply_new(identity, identity_len, corr, code, message,
+                               NULL, 0, not_executed);
     s_send_reply(self, r);
     s_reply_destroy(&r);
 }
@@ -655,7 +715,8 @@ s_on_request(kl_rpc_server_t *self, bool draining, const uint8_t *identity,
             KL_LOG(KL_WARN, "malformed rpc envelope of %zu bytes, refused",
                    len);
             s_answer_now(self, identity, identity_len, corr,
-                         KL_INVALID_ARGUMENT, "malformed request envelope");
+                         KL_INVALID_ARGUMENT, "malformed request envelope",
+                         false);
         } else {
             s_drop(self, "malformed envelope without correlation id");
         }
@@ -680,7 +741,9 @@ s_on_request(kl_rpc_server_t *self, bool draining, const uint8_t *identity,
     if (code != KL_OK) {
         KL_LOG(KL_DEBUG, "rpc request refused: %s", msg);
         kowloon__rpc__request__free_unpacked(req, NULL);
-        s_answer_now(self, identity, identity_len, corr, code, msg);
+        /* A draining server ran nothing of the call: the client may send
+         * it elsewhere whatever the method. */
+        s_answer_now(self, identity, identity_len, corr, code, msg, draining);
         return;
     }
 
@@ -709,7 +772,7 @@ s_on_request(kl_rpc_server_t *self, bool draining, const uint8_t *identity,
                self->q_cap, req->service, req->method);
         s_call_destroy(&call);
         s_answer_now(self, identity, identity_len, corr, KL_UNAVAILABLE,
-                     "server queue full");
+                     "server queue full", true);
     }
 }
 
@@ -833,15 +896,17 @@ kl_rpc_server_run(kl_rpc_server_t *self)
     /* Serve until stopped, then drain: new calls are answered UNAVAILABLE
      * while the workers finish what they hold and what is queued. */
     bool draining = false;
+    int64_t grace_end = 0;
     for (;;) {
         if (!draining && atomic_load(&self->stop)) {
             draining = true;
+            grace_end = kl_now_mono_ms() + self->opts.drain_grace_ms;
             pthread_mutex_lock(&self->mu);
             self->q_closed = true;
             pthread_cond_broadcast(&self->cond);
             pthread_mutex_unlock(&self->mu);
         }
-        if (draining && s_workers_done(self))
+        if (draining && s_workers_done(self) && kl_now_mono_ms() >= grace_end)
             break;
         zmq_pollitem_t items[2] = {
             {self->router, 0, ZMQ_POLLIN, 0},
@@ -895,6 +960,7 @@ kl_rpc_server_destroy(kl_rpc_server_t **self_p)
     atomic_compare_exchange_strong(&s_signal_server, &expected, NULL);
     if (self->router)
         zmq_close(self->router);
+    kl_curve_zap_destroy(&self->zap);
     if (self->zctx)
         zmq_ctx_term(self->zctx);
     if (self->wake_fd >= 0)

@@ -32,12 +32,20 @@
  *
  * Shutdown: SIGTERM or SIGINT (or kl_rpc_server_stop) makes run() stop
  * taking calls, let the workers finish the calls they hold and those
- * already queued, send their replies, and return 0.
+ * already queued, send their replies, and return 0. While draining (and
+ * for opts.drain_grace_ms at least) a new call is answered UNAVAILABLE with
+ * Response.not_executed set, so the client sends it to another instance
+ * even when it is not idempotent; so is a call refused for a full queue.
+ *
+ * Security: a server binds a non-loopback address only with opts.curve
+ * (kl_rpc_server_bind fails FAILED_PRECONDITION naming
+ * KOWLOON_CURVE_SECRET_KEY_FILE otherwise).
  */
 #ifndef KL_RPC_SERVER_H
 #define KL_RPC_SERVER_H
 
 #include "kl_code.h"
+#include "kl_curve.h"
 #include "kl_rpc.h"
 
 #include <protobuf-c/protobuf-c.h>
@@ -64,6 +72,16 @@ typedef struct {
     void *user;
     /* Do not install SIGTERM/SIGINT handlers (tests, embedding). */
     bool no_signal_handlers;
+    /* This process's Curve keys and client allow-list (kl_curve.h); the
+     * server runs a ZAP handler and serves Curve clients only. NULL:
+     * plaintext, which is refused for any address but loopback. Not
+     * owned; must outlive the server. */
+    kl_curve_t *curve;
+    /* Once stopped, keep answering new calls UNAVAILABLE + not_executed
+     * for at least this many ms before closing, so that every caller
+     * learns of the drain and sends elsewhere. 0: close as soon as the
+     * calls in flight are done. */
+    int drain_grace_ms;
 } kl_rpc_server_opts_t;
 
 /* Creates the server; binds nothing yet. NULL + status on bad options. */

@@ -342,6 +342,246 @@ test_request_over_limit_not_sent(void **state)
     ts_destroy(&ts);
 }
 
+/* A server like ts_start's, bound to bind, with a drain grace. */
+static ts_server_t *
+s_start_at(const char *tag, const char *bind, int drain_grace_ms)
+{
+    ts_server_t *ts = kl_calloc(1, sizeof *ts);
+    snprintf(ts->tag, sizeof ts->tag, "%s", tag);
+    kl_rpc_server_opts_t opts = {
+        .bind = bind,
+        .workers = 2,
+        .worker_init = ts_worker_init,
+        .worker_fini = ts_worker_fini,
+        .user = ts,
+        .no_signal_handlers = true,
+        .drain_grace_ms = drain_grace_ms,
+    };
+    kl_status_t st;
+    ts->server = kl_rpc_server_new(&opts, &st);
+    assert_non_null(ts->server);
+    assert_int_equal(
+        kl_rpc_server_add_service(ts->server, &ts_echo_service.base), 0);
+    assert_int_equal(kl_rpc_server_bind(ts->server, &st), 0);
+    assert_int_equal(pthread_create(&ts->thread, NULL, ts_run, ts), 0);
+    ts->running = true;
+    return ts;
+}
+
+/* Calls Echo n times; counts answers per server tag (A, B, C). */
+static void
+s_count_tags(kl_rpc_client_t *c, int n, int counts[3])
+{
+    counts[0] = counts[1] = counts[2] = 0;
+    for (int i = 0; i < n; i++) {
+        char text[32], tag[16] = "";
+        kl_status_t st;
+        snprintf(text, sizeof text, "count %d", i);
+        assert_int_equal(
+            ts_call_echo(c, "Echo", text, 0, 2000, false, tag, sizeof tag, &st),
+            0);
+        assert_true(tag[0] >= 'A' && tag[0] <= 'C');
+        counts[tag[0] - 'A']++;
+    }
+}
+
+static void
+test_set_endpoints_adds_and_removes(void **state)
+{
+    ts_server_t *a = ts_start("A", 2, 0);
+    ts_server_t *b = ts_start("B", 2, 0);
+    const char *ea = kl_rpc_server_endpoint(a->server);
+    const char *eb = kl_rpc_server_endpoint(b->server);
+    kl_rpc_client_t *c = ts_client(&kowloon__test__echo__descriptor, &ea, 1);
+    int counts[3];
+    s_count_tags(c, 20, counts);
+    assert_int_equal(counts[0], 20);
+
+    /* An instance added at run time gets its share of the calls. */
+    const char *both[] = {ea, eb};
+    kl_status_t st;
+    assert_int_equal(kl_rpc_client_set_endpoints(c, both, 2, &st), 0);
+    size_t up;
+    assert_int_equal(kl_rpc_client_endpoint_count(c, &up), 2);
+    assert_int_equal(up, 2);
+    ts_sleep_ms(200);
+    s_count_tags(c, 100, counts);
+    assert_true(counts[0] >= 30 && counts[1] >= 30);
+
+    /* A bad set changes nothing. */
+    const char *bad[] = {eb, "tcp://127.0.0.1:1?key=short"};
+    assert_int_equal(kl_rpc_client_set_endpoints(c, bad, 2, &st),
+                     -KL_INVALID_ARGUMENT);
+    assert_non_null(strstr(st.message, "?key="));
+    const char *nokeys[] = {"tcp://127.0.0.1:1?key="
+                            "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"};
+    assert_int_equal(kl_rpc_client_set_endpoints(c, nokeys, 1, &st),
+                     -KL_INVALID_ARGUMENT);
+    assert_non_null(strstr(st.message, "KOWLOON_CURVE_SECRET_KEY_FILE"));
+    assert_int_equal(kl_rpc_client_set_endpoints(c, NULL, 0, &st),
+                     -KL_INVALID_ARGUMENT);
+    assert_int_equal(kl_rpc_client_endpoint_count(c, NULL), 2);
+
+    /* Removing A: everything goes to B. */
+    assert_int_equal(kl_rpc_client_set_endpoints(c, &eb, 1, &st), 0);
+    s_count_tags(c, 20, counts);
+    assert_int_equal(counts[1], 20);
+    kl_rpc_client_destroy(&c);
+    ts_destroy(&a);
+    ts_destroy(&b);
+}
+
+static void
+test_ejected_instance_comes_back(void **state)
+{
+    ts_server_t *a = ts_start("A", 2, 0);
+    ts_server_t *b = ts_start("B", 2, 0);
+    char ea[128];
+    snprintf(ea, sizeof ea, "%s", kl_rpc_server_endpoint(a->server));
+    const char *eps[] = {ea, kl_rpc_server_endpoint(b->server)};
+    kl_rpc_client_opts_t opts = {
+        .endpoints = eps,
+        .n_endpoints = 2,
+        .balancer = {.eject_after = 2,
+                     .backoff_ms = 100,
+                     .backoff_max_ms = 200},
+    };
+    kl_status_t st;
+    kl_rpc_client_t *c =
+        kl_rpc_client_new(&kowloon__test__echo__descriptor, &opts, &st);
+    assert_non_null(c);
+    ts_sleep_ms(200);
+    int counts[3];
+    s_count_tags(c, 40, counts);
+    assert_true(counts[0] > 0 && counts[1] > 0);
+
+    /* A goes away: sends to it find no connection, it is ejected, and
+     * every call is answered by B. */
+    assert_int_equal(ts_stop(a), 0);
+    ts_destroy(&a);
+    ts_sleep_ms(100);
+    s_count_tags(c, 40, counts);
+    assert_int_equal(counts[1], 40);
+    size_t up;
+    assert_int_equal(kl_rpc_client_endpoint_count(c, &up), 2);
+    assert_int_equal(up, 1);
+
+    /* A new instance answers on A's address: a probe brings it back and
+     * it gets calls again, without touching the client. */
+    ts_server_t *a2 = s_start_at("C", ea, 0);
+    for (int i = 0; i < 50 && up != 2; i++) {
+        ts_sleep_ms(100);
+        kl_rpc_client_endpoint_count(c, &up);
+    }
+    assert_int_equal(up, 2);
+    s_count_tags(c, 40, counts);
+    assert_true(counts[2] >= 10 && counts[1] >= 10);
+    kl_rpc_client_destroy(&c);
+    ts_destroy(&a2);
+    ts_destroy(&b);
+}
+
+typedef struct {
+    kl_rpc_client_t *client; /* shared */
+    atomic_bool *stop;       /* set when the test is done */
+    int index;               /* thread number */
+    int ok;                  /* calls answered */
+    int failed;              /* calls that failed */
+} s_load_t;
+
+static void *
+s_load_main(void *arg)
+{
+    s_load_t *l = arg;
+    for (int i = 0; !atomic_load(l->stop); i++) {
+        char text[64];
+        snprintf(text, sizeof text, "load %d/%d", l->index, i);
+        kl_status_t st;
+        /* Not idempotent: never retried unless provably not run. */
+        if (ts_call_echo(l->client, "Echo", text, 0, 3000, false, NULL, 0,
+                         &st) == 0)
+            l->ok++;
+        else {
+            fprintf(stderr, "call failed: %s\n", st.message);
+            l->failed++;
+        }
+    }
+    return NULL;
+}
+
+static void
+test_drain_under_load_fails_nothing(void **state)
+{
+    /* A rolling restart of A and B, under a steady load of
+     * non-idempotent calls: each instance drains (refusing new calls as
+     * not executed for its grace period), exits and comes back on the
+     * same address. No call may fail, none may run twice. */
+    ts_server_t *a = s_start_at("A", "tcp://127.0.0.1:*", 300);
+    ts_server_t *b = s_start_at("B", "tcp://127.0.0.1:*", 300);
+    char ea[128], eb[128];
+    snprintf(ea, sizeof ea, "%s", kl_rpc_server_endpoint(a->server));
+    snprintf(eb, sizeof eb, "%s", kl_rpc_server_endpoint(b->server));
+    const char *eps[] = {ea, eb};
+    kl_rpc_client_opts_t opts = {
+        .endpoints = eps,
+        .n_endpoints = 2,
+        .balancer = {.backoff_ms = 100, .backoff_max_ms = 200},
+    };
+    kl_status_t st;
+    kl_rpc_client_t *c =
+        kl_rpc_client_new(&kowloon__test__echo__descriptor, &opts, &st);
+    assert_non_null(c);
+    ts_sleep_ms(200);
+    atomic_bool stop;
+    atomic_init(&stop, false);
+    enum { N = 4 };
+    s_load_t load[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        load[i] = (s_load_t){.client = c, .stop = &stop, .index = i};
+        assert_int_equal(pthread_create(&th[i], NULL, s_load_main, &load[i]),
+                         0);
+    }
+    int invoked = 0;
+    ts_server_t *cur[2] = {a, b};
+    char *addr[2] = {ea, eb};
+    for (int round = 0; round < 2; round++) {
+        for (int k = 0; k < 2; k++) {
+            ts_sleep_ms(300);
+            assert_int_equal(ts_stop(cur[k]), 0);
+            invoked += atomic_load(&cur[k]->invocations);
+            ts_destroy(&cur[k]);
+            cur[k] = s_start_at(k ? "B" : "A", addr[k], 300);
+        }
+    }
+    ts_sleep_ms(300);
+    atomic_store(&stop, true);
+    int ok = 0, failed = 0;
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        ok += load[i].ok;
+        failed += load[i].failed;
+    }
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(ts_stop(cur[k]), 0);
+        invoked += atomic_load(&cur[k]->invocations);
+        ts_destroy(&cur[k]);
+    }
+    kl_rpc_client_stats_t stats;
+    kl_rpc_client_stats(c, &stats);
+    printf("rolling restart: %d calls ok, %d failed, %llu sent again after a "
+           "not-executed refusal\n",
+           ok, failed, (unsigned long long)stats.retries);
+    assert_int_equal(failed, 0);
+    assert_true(ok > 100);
+    /* Every answered call ran exactly once. */
+    assert_int_equal(invoked, ok);
+    /* The drains were seen: some non-idempotent calls were refused unrun
+     * and sent to the other instance. */
+    assert_true(stats.retries >= 1);
+    kl_rpc_client_destroy(&c);
+}
+
 int
 main(void)
 {
@@ -354,6 +594,9 @@ main(void)
         cmocka_unit_test(test_idempotent_retry_after_timeout),
         cmocka_unit_test(test_destroy_cancels_pending),
         cmocka_unit_test(test_request_over_limit_not_sent),
+        cmocka_unit_test(test_set_endpoints_adds_and_removes),
+        cmocka_unit_test(test_ejected_instance_comes_back),
+        cmocka_unit_test(test_drain_under_load_fails_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -395,10 +395,13 @@ test_queue_full_is_unavailable(void **state)
     for (int i = 0; i < n; i++) {
         Kowloon__Rpc__Response *r = ts_recv_response(d);
         assert_non_null(r);
-        if ((int)r->status->code == KL_OK)
+        if ((int)r->status->code == KL_OK) {
+            assert_false(r->not_executed);
             ok++;
-        else if ((int)r->status->code == KL_UNAVAILABLE) {
+        } else if ((int)r->status->code == KL_UNAVAILABLE) {
             assert_string_equal(r->status->message, "server queue full");
+            /* Refused before any of it ran: safe to send elsewhere. */
+            assert_true(r->not_executed);
             unavailable++;
         }
         kowloon__rpc__response__free_unpacked(r, NULL);
@@ -425,6 +428,55 @@ s_sleeper(void *arg)
     s->rc =
         ts_call_echo(s->client, "Sleep", "A", 400, 5000, false, NULL, 0, &st);
     return NULL;
+}
+
+/* Sends Sleep(sleep_ms) or Echo with correlation id corr on a raw
+ * DEALER. */
+static void
+s_send_raw(void *d, uint64_t corr, const char *method, uint32_t sleep_ms)
+{
+    Kowloon__Test__EchoRequest in = KOWLOON__TEST__ECHO_REQUEST__INIT;
+    in.sleep_ms = sleep_ms;
+    uint8_t payload[32];
+    size_t plen = kowloon__test__echo_request__pack(&in, payload);
+    uint8_t *buf;
+    size_t len = ts_pack_request(KL_RPC_VERSION, corr, "kowloon.test.Echo",
+                                 method, 0, payload, plen, &buf);
+    assert_int_equal(zmq_send(d, buf, len, 0), (int)len);
+    free(buf);
+}
+
+static void
+test_draining_refuses_not_executed(void **state)
+{
+    ts_server_t *ts = ts_start("A", 1, 0);
+    void *zctx = zmq_ctx_new();
+    void *d = ts_dealer(zctx, kl_rpc_server_endpoint(ts->server));
+    s_send_raw(d, 1, "Sleep", 400);
+    ts_sleep_ms(100);
+    /* Stop without waiting: the server drains while Sleep runs. */
+    kl_rpc_server_stop(ts->server);
+    ts_sleep_ms(50);
+    s_send_raw(d, 2, "Echo", 0);
+    Kowloon__Rpc__Response *r = ts_recv_response(d);
+    assert_non_null(r);
+    assert_int_equal(r->correlation_id, 2);
+    assert_int_equal((int)r->status->code, KL_UNAVAILABLE);
+    assert_string_equal(r->status->message, "server is shutting down");
+    assert_true(r->not_executed);
+    kowloon__rpc__response__free_unpacked(r, NULL);
+    /* The call in flight is finished and answered, as run. */
+    r = ts_recv_response(d);
+    assert_non_null(r);
+    assert_int_equal(r->correlation_id, 1);
+    assert_int_equal((int)r->status->code, KL_OK);
+    assert_false(r->not_executed);
+    kowloon__rpc__response__free_unpacked(r, NULL);
+    assert_int_equal(ts_stop(ts), 0);
+    assert_int_equal(atomic_load(&ts->invocations), 1);
+    zmq_close(d);
+    zmq_ctx_term(zctx);
+    ts_destroy(&ts);
 }
 
 static void
@@ -506,6 +558,7 @@ main(void)
         cmocka_unit_test(test_garbage_then_normal_call),
         cmocka_unit_test(test_queue_full_is_unavailable),
         cmocka_unit_test(test_stop_drains_in_flight_calls),
+        cmocka_unit_test(test_draining_refuses_not_executed),
         cmocka_unit_test(test_sigterm_stops_run),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
