@@ -34,6 +34,7 @@ typedef struct {
 
 struct gw_metrics {
     const char *const *labels; /* borrowed */
+    char **full;               /* owned: label plus method, or NULL */
     size_t n_routes;
     s_route_t *routes; /* n_routes + 1: the last is "unmatched" */
 };
@@ -49,10 +50,33 @@ gw_metrics_new(const char *const *labels, size_t n_routes)
 }
 
 void
+gw_metrics_set_methods(gw_metrics_t *self, const char *const *methods)
+{
+    /* The text between the route's quotes: closing the route label and
+     * opening the method label keeps every format string unchanged. */
+    self->full = kl_calloc(self->n_routes ? self->n_routes : 1, sizeof(char *));
+    for (size_t i = 0; i < self->n_routes; i++)
+        self->full[i] =
+            kl_asprintf("%s\",method=\"%s", self->labels[i], methods[i]);
+}
+
+static const char *
+s_label(const gw_metrics_t *self, size_t r)
+{
+    if (r >= self->n_routes)
+        return "unmatched";
+    return self->full ? self->full[r] : self->labels[r];
+}
+
+void
 gw_metrics_destroy(gw_metrics_t **self_p)
 {
     if (!self_p || !*self_p)
         return;
+    if ((*self_p)->full)
+        for (size_t i = 0; i < (*self_p)->n_routes; i++)
+            free((*self_p)->full[i]);
+    free((*self_p)->full);
     free((*self_p)->routes);
     KL_FREE(self_p);
 }
@@ -127,7 +151,7 @@ gw_metrics_render(gw_metrics_t *self, const gw_tenant_cache_stats_t *cache,
                  "pattern and status.\n"
                  "# TYPE kowloon_http_requests_total counter\n");
     for (size_t r = 0; r <= self->n_routes; r++) {
-        const char *label = r < self->n_routes ? self->labels[r] : "unmatched";
+        const char *label = s_label(self, r);
         for (size_t s = 0; s < S_N_STATUS; s++) {
             uint64_t v = s_load(&self->routes[r].count[s]);
             if (!v)
@@ -149,7 +173,7 @@ gw_metrics_render(gw_metrics_t *self, const gw_tenant_cache_stats_t *cache,
                  "request to response.\n"
                  "# TYPE kowloon_http_request_duration_seconds histogram\n");
     for (size_t r = 0; r <= self->n_routes; r++) {
-        const char *label = r < self->n_routes ? self->labels[r] : "unmatched";
+        const char *label = s_label(self, r);
         s_route_t *rt = &self->routes[r];
         uint64_t n = s_load(&rt->n), cum = 0;
         if (!n)
@@ -184,14 +208,16 @@ gw_metrics_render(gw_metrics_t *self, const gw_tenant_cache_stats_t *cache,
                  "kowloon_tenant_cache_evictions_total %llu\n"
                  "# TYPE kowloon_tenant_cache_invalidations_total counter\n"
                  "kowloon_tenant_cache_invalidations_total %llu\n"
+                 "# TYPE kowloon_tenant_cache_stale_total counter\n"
+                 "kowloon_tenant_cache_stale_total %llu\n"
                  "# TYPE kowloon_tenant_cache_entries gauge\n"
                  "kowloon_tenant_cache_entries{table=\"tenants\"} %zu\n"
                  "kowloon_tenant_cache_entries{table=\"api_keys\"} %zu\n",
                  (unsigned long long)cache->hits,
                  (unsigned long long)cache->misses,
                  (unsigned long long)cache->evictions,
-                 (unsigned long long)cache->invalidations, cache->tenants,
-                 cache->keys);
+                 (unsigned long long)cache->invalidations,
+                 (unsigned long long)cache->stale, cache->tenants, cache->keys);
     }
 
     static const char *const names[] = {"calls", "failures", "retries",
@@ -210,4 +236,28 @@ gw_metrics_render(gw_metrics_t *self, const gw_tenant_cache_stats_t *cache,
     }
     *len = o.len;
     return o.buf;
+}
+
+char *
+gw_metrics_render_entitlements(const gw_entitlements_stats_t *st, size_t *len)
+{
+    char *buf = kl_asprintf(
+        "# TYPE kowloon_entitlements_cache_hits_total counter\n"
+        "kowloon_entitlements_cache_hits_total %llu\n"
+        "# TYPE kowloon_entitlements_cache_misses_total counter\n"
+        "kowloon_entitlements_cache_misses_total %llu\n"
+        "# TYPE kowloon_entitlements_stale_served_total counter\n"
+        "kowloon_entitlements_stale_served_total %llu\n"
+        "# TYPE kowloon_entitlements_refresh_failures_total counter\n"
+        "kowloon_entitlements_refresh_failures_total %llu\n"
+        "# TYPE kowloon_entitlements_invalidations_total counter\n"
+        "kowloon_entitlements_invalidations_total %llu\n"
+        "# TYPE kowloon_entitlements_cache_entries gauge\n"
+        "kowloon_entitlements_cache_entries %zu\n",
+        (unsigned long long)st->hits, (unsigned long long)st->misses,
+        (unsigned long long)st->stale_served,
+        (unsigned long long)st->refresh_failures,
+        (unsigned long long)st->invalidations, st->entries);
+    *len = strlen(buf);
+    return buf;
 }

@@ -145,3 +145,30 @@ gw_reply_error(struct mg_connection *conn, const char *request_id,
                   body, len);
     return status;
 }
+
+size_t
+gw_reply_feature_body(char *buf, size_t cap, const char *feature,
+                      const char *upgrade_url)
+{
+    static const char head[] =
+        "{\"error\":{\"code\":\"PERMISSION_DENIED\",\"message\":\"Feature not "
+        "available on your plan\",\"feature\":\"";
+    static const char mid[] = "\",\"upgrade_url\":\"";
+    static const char tail[] = "\"}}";
+    size_t len = sizeof head - 1;
+
+    if (cap < sizeof head + sizeof mid + sizeof tail + 2) {
+        if (cap)
+            buf[0] = '\0';
+        return 0;
+    }
+    memcpy(buf, head, len);
+    /* The feature takes at most half of buf, the URL the rest. */
+    gw_reply_json_escape(buf, &len, cap / 2, feature ? feature : "");
+    memcpy(buf + len, mid, sizeof mid - 1);
+    len += sizeof mid - 1;
+    gw_reply_json_escape(buf, &len, cap - (sizeof tail - 1),
+                         upgrade_url ? upgrade_url : "");
+    memcpy(buf + len, tail, sizeof tail);
+    return len + sizeof tail - 1;
+}

@@ -28,6 +28,14 @@ void gw_reply_json_escape(char *buf, size_t *len, size_t cap, const char *s);
 size_t gw_reply_error_body(char *buf, size_t cap, kl_code_t code,
                            const char *message);
 
+/* Renders the 403 of a feature the tenant's plan lacks:
+ *   {"error":{"code":"PERMISSION_DENIED","message":"Feature not available
+ *   on your plan","feature":"<feature>","upgrade_url":"<upgrade_url>"}}
+ * Returns its length (0 when cap is too small; GW_REPLY_ERROR_MAX is
+ * enough for a feature and a URL of up to 1 KiB each). */
+size_t gw_reply_feature_body(char *buf, size_t cap, const char *feature,
+                             const char *upgrade_url);
+
 /* Sends a complete response. extra_headers: NULL or "Name: value\r\n"
  * lines. Returns 0, or -1 when the connection failed. */
 int gw_reply_send(struct mg_connection *conn, int http_status,

@@ -105,3 +105,75 @@ fail:
     json_decref(obj);
     return NULL;
 }
+
+bool
+gw_request_force_field(json_t *input, const ProtobufCMessageDescriptor *desc,
+                       const char *field, const char *value)
+{
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(desc, field);
+    char camel[128];
+
+    if (!f || f->type != PROTOBUF_C_TYPE_STRING ||
+        f->label == PROTOBUF_C_LABEL_REPEATED)
+        return false;
+    kl_json_camel_name(field, camel, sizeof camel);
+    json_object_del(input, camel);
+    json_object_del(input, field);
+    json_object_set_new(input, field, json_string(value ? value : ""));
+    return true;
+}
+
+/* The field name of desc, of type, singular; NULL when there is none. */
+static const ProtobufCFieldDescriptor *
+s_singular(const ProtobufCMessageDescriptor *desc, const char *name,
+           ProtobufCType type)
+{
+    const ProtobufCFieldDescriptor *f =
+        protobuf_c_message_descriptor_get_field_by_name(desc, name);
+    return f && f->type == type && f->label != PROTOBUF_C_LABEL_REPEATED ? f
+                                                                         : NULL;
+}
+
+/* Marks f present in msg when its presence is tracked (proto2 optional,
+ * proto3 "optional"); proto3 plain fields are present when not empty. */
+static void
+s_set_has(ProtobufCMessage *msg, const ProtobufCFieldDescriptor *f)
+{
+    if (f->label == PROTOBUF_C_LABEL_OPTIONAL && f->quantifier_offset)
+        *(protobuf_c_boolean *)((char *)msg + f->quantifier_offset) = 1;
+}
+
+int
+gw_request_webhook_input(const ProtobufCMessageDescriptor *desc,
+                         const char *body, size_t len, const char *signature,
+                         uint8_t **out, size_t *out_len, kl_status_t *status)
+{
+    const ProtobufCFieldDescriptor *fp =
+        s_singular(desc, "payload", PROTOBUF_C_TYPE_BYTES);
+    const ProtobufCFieldDescriptor *fs =
+        s_singular(desc, "signature", PROTOBUF_C_TYPE_STRING);
+
+    *out = NULL;
+    *out_len = 0;
+    if (!fp || !fs)
+        return kl_status_set(status, KL_INVALID_ARGUMENT,
+                             "%s has no bytes payload and string signature",
+                             desc->name);
+    /* The message borrows body and signature: it is packed, then freed
+     * with free(), never with protobuf_c_message_free_unpacked. */
+    ProtobufCMessage *msg = kl_calloc(1, desc->sizeof_message);
+    protobuf_c_message_init(desc, msg);
+    ProtobufCBinaryData *payload =
+        (ProtobufCBinaryData *)((char *)msg + fp->offset);
+    payload->data = (uint8_t *)body;
+    payload->len = len;
+    s_set_has(msg, fp);
+    *(const char **)((char *)msg + fs->offset) = signature ? signature : "";
+    s_set_has(msg, fs);
+    size_t size = protobuf_c_message_get_packed_size(msg);
+    *out = kl_malloc(size ? size : 1);
+    *out_len = protobuf_c_message_pack(msg, *out);
+    free(msg);
+    return 0;
+}

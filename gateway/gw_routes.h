@@ -4,8 +4,16 @@
  * A route is one line: method, path pattern, which host serves it, the
  * service and rpc it calls (or a local handler), whether the rpc is
  * idempotent (may be retried on another instance), the feature the
- * tenant's plan must include (stored and exposed; enforced in a later
- * issue), and how the caller authenticates.
+ * tenant's entitlements must include (a plan feature, an override or a
+ * flag key that is on; enforced by gw_server: 403), and how the caller
+ * authenticates.
+ *
+ * Tenant routes (GW_HOST_TENANT) need no column for the tenant's identity:
+ * gw_server overwrites the string fields tenant_id and plan of any such
+ * route's input message with the resolved tenant's (by descriptor,
+ * whatever the client sent), except plan on GW_ROUTE_CLIENT_PLAN routes.
+ *
+ * The last column, flags, holds the rare exceptions (gw_route_flag_t).
  *
  * Patterns are literal segments and {name} segments; a {name} segment may
  * be followed by a custom verb, "/admin/v1/tenants/{id}:suspend". A
@@ -38,8 +46,28 @@ typedef enum {
     GW_LOCAL_TENANT_SELF, /* GET /api/v1/tenant: the resolved tenant */
     GW_LOCAL_HEALTHZ,
     GW_LOCAL_READYZ,
-    GW_LOCAL_METRICS
+    GW_LOCAL_METRICS,
+    GW_LOCAL_ENTITLEMENTS, /* GET /api/v1/entitlements: from the cache */
+    GW_LOCAL_EXPORT        /* GET /api/export: WorkspaceService.Export
+                              page after page, streamed */
 } gw_local_t;
+
+/* Bits of gw_route_t.flags. */
+typedef enum {
+    /* A webhook: the body is not transcoded. The rpc's input message has a
+     * bytes field "payload", which gets the body exactly as received, and a
+     * string field "signature", which gets the Stripe-Signature header (""
+     * when absent). OK answers 200 {"received":true}; INVALID_ARGUMENT 400;
+     * any other failure 5xx, so that the sender retries. */
+    GW_ROUTE_WEBHOOK = 1u << 0,
+    /* Served to a tenant that otherwise gets 402 (past_due beyond the
+     * grace, suspended, any status but the serving ones and deleted): the
+     * billing routes, through which it pays. Tenant routes only. */
+    GW_ROUTE_UNPAID_OK = 1u << 1,
+    /* The input's string field "plan" is the client's (a plan to move to),
+     * not overwritten with the tenant's current plan. */
+    GW_ROUTE_CLIENT_PLAN = 1u << 2
+} gw_route_flag_t;
 
 typedef struct {
     const char *method;  /* "GET", "POST", ... */
@@ -51,6 +79,7 @@ typedef struct {
     bool idempotent;     /* may be retried on another instance */
     const char *feature; /* plan feature required; NULL for none */
     gw_auth_kind_t auth;
+    unsigned flags; /* gw_route_flag_t bits; 0 for most routes */
 } gw_route_t;
 
 /* The gateway's table (static storage). */
@@ -73,10 +102,20 @@ typedef struct {
 typedef struct gw_routes gw_routes_t;
 
 /* Compiles table (borrowed; must outlive the result). Checks every line:
- * pattern syntax, the rpc exists in the service. NULL + INVALID_ARGUMENT
- * naming the line on error. */
+ * pattern syntax, the rpc exists in the service, the flags fit the line (a
+ * webhook is an rpc route whose input has the two fields; the others are
+ * tenant rpc routes). NULL + INVALID_ARGUMENT naming the line on error. */
 gw_routes_t *gw_routes_new(const gw_route_t *table, size_t n,
                            kl_status_t *status);
+
+/* As gw_routes_new, for the built-in table followed by the route file's
+ * lines (gw_route_file.h): lines from n_builtin on may be HTTP upstream
+ * routes (local GW_LOCAL_NONE, no service, no rpc) and may end with a
+ * catch-all segment "{name...}", which matches the rest of the path (one
+ * or more characters, slashes included; its parameter value is empty when
+ * longer than GW_ROUTE_PARAM_MAX). */
+gw_routes_t *gw_routes_new_ext(const gw_route_t *table, size_t n,
+                               size_t n_builtin, kl_status_t *status);
 void gw_routes_destroy(gw_routes_t **self_p);
 
 size_t gw_routes_count(const gw_routes_t *self);

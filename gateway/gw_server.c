@@ -9,30 +9,47 @@
  *   3. exactly one Host header (RFC 9112; OWASP WSTG-INPV-17), then the
  *      tenant selector: X-Tenant-Subdomain from a trusted proxy, else Host;
  *   4. a tenant host resolves its tenant through the cache (unknown and
- *      deleted answer the same 404) and its status (402) before anything
- *      else, so that a path never reveals more than the DNS name does;
+ *      deleted answer the same 404); then the route match, and a tenant
+ *      that owes (past_due beyond the grace, suspended) gets 402 on every
+ *      path, matched or not, except the routes it pays through
+ *      (GW_ROUTE_UNPAID_OK), so that a path never reveals more than the
+ *      DNS name does;
  *   5. route match (404 / 405), then authentication (401 / 403);
- *   6. body, transcoding, rpc, reply.
+ *   6. on tenant routes, the tenant's entitlements from the cache: the
+ *      rate limit (429 + Retry-After), then the route's feature (403 with
+ *      an upgrade link) — after authentication, so that neither tells an
+ *      anonymous caller anything about the tenant's plan;
+ *   7. body, transcoding (tenant_id and plan forced to the tenant's own),
+ *      rpc, reply; a webhook route (GW_ROUTE_WEBHOOK) passes the raw body
+ *      instead. No body of a request or reply is ever logged: billing's
+ *      replies carry bearer URLs (Checkout, Portal, Alipay).
  */
 #include "gw_server.h"
 
 #include "gw_auth.h"
 #include "gw_cidr.h"
+#include "gw_entitlements.h"
+#include "gw_export.h"
 #include "gw_metrics.h"
 #include "gw_reply.h"
 #include "gw_request.h"
 #include "gw_request_id.h"
+#include "gw_route_file.h"
 #include "gw_routes.h"
 #include "gw_tenant_cache.h"
 #include "gw_tenant_rpc.h"
+#include "gw_upstream.h"
 #include "kl_alloc.h"
 #include "kl_json.h"
 #include "kl_log.h"
 #include "kl_redis.h"
 #include "kl_rpc_client.h"
 #include "kl_subdomain.h"
+#include "kowloon/billing.pb-c.h"
+#include "kowloon/flags.pb-c.h"
 #include "kowloon/rpc.pb-c.h"
 #include "kowloon/tenant.pb-c.h"
+#include "kowloon/workspace.pb-c.h"
 
 #include <civetweb.h>
 #include <ctype.h>
@@ -48,24 +65,36 @@
 /* Negative cache entries (unknown subdomains, refused keys) live this long
  * at most. */
 #define S_NEGATIVE_TTL_MS 2000
+/* Least time between two refreshes of one tenant's entitlements while the
+ * flags service fails. */
+#define S_STALE_RETRY_MS 1000
 
 struct gw_server {
-    const kl_config_t *cfg;    /* borrowed */
-    const char *base_domain;   /* KOWLOON_BASE_DOMAIN */
-    int64_t rpc_timeout_ms;    /* KOWLOON_RPC_TIMEOUT_MS */
-    int64_t grace_ms;          /* KOWLOON_PAST_DUE_GRACE_S in ms */
-    int64_t max_body;          /* KOWLOON_HTTP_MAX_BODY_BYTES */
-    gw_cidr_list_t *trusted;   /* KOWLOON_TRUSTED_PROXIES */
-    gw_auth_t *auth;           /* the admin token */
-    gw_routes_t *routes;       /* the compiled route table */
-    const char **route_labels; /* route patterns, for metrics */
+    const kl_config_t *cfg;      /* borrowed */
+    const char *base_domain;     /* KOWLOON_BASE_DOMAIN */
+    int64_t rpc_timeout_ms;      /* KOWLOON_RPC_TIMEOUT_MS */
+    int64_t grace_ms;            /* KOWLOON_PAST_DUE_GRACE_S in ms */
+    int64_t max_body;            /* KOWLOON_HTTP_MAX_BODY_BYTES */
+    gw_cidr_list_t *trusted;     /* KOWLOON_TRUSTED_PROXIES */
+    gw_auth_t *auth;             /* the admin token */
+    gw_route_t *table;           /* built-in routes, then the file's */
+    size_t n_builtin;            /* how many of table are built in */
+    gw_route_file_t *route_file; /* KOWLOON_ROUTES_FILE; NULL: none */
+    gw_upstream_t *upstream;     /* HTTP upstream forwarding; NULL: none */
+    gw_routes_t *routes;         /* the compiled route table */
+    const char **route_labels;   /* route patterns, for metrics */
     gw_metrics_t *metrics;
     kl_rpc_client_t *tenant;     /* TenantService, shared by all threads */
     kl_rpc_client_t *health;     /* Health at the tenant endpoints */
     gw_tenant_rpc_t *tenant_rpc; /* the cache's backend */
     gw_tenant_cache_t *cache;
-    kl_events_t *events;   /* change events -> cache; NULL: no Redis */
-    struct mg_context *mg; /* civetweb; NULL once stopped */
+    kl_rpc_client_t *flags;     /* FlagsService */
+    kl_rpc_client_t *workspace; /* WorkspaceService */
+    kl_rpc_client_t *billing;   /* BillingService */
+    gw_entitlements_t *ents;    /* tenant id -> entitlements + bucket */
+    char *scheme;               /* KOWLOON_PUBLIC_SCHEME */
+    kl_events_t *events;        /* change events -> caches; NULL: no Redis */
+    struct mg_context *mg;      /* civetweb; NULL once stopped */
 };
 
 /* One request's state, on the worker's stack. */
@@ -79,6 +108,7 @@ typedef struct {
     int status;         /* HTTP status sent */
     char subdomain[KL_SUBDOMAIN_MAX + 1];
     gw_tenant_t *tenant; /* a reference, on tenant hosts */
+    gw_ent_t *ents;      /* a reference, on tenant routes (may be NULL) */
     char principal[GW_TENANT_ID_MAX + 8];
 } s_req_t;
 
@@ -146,13 +176,27 @@ static void
 s_metrics(gw_server_t *self, s_req_t *r)
 {
     gw_tenant_cache_stats_t cs;
-    gw_metrics_rpc_t rpc[2] = {{"kowloon.tenant.TenantService", {0}},
-                               {"kowloon.rpc.Health", {0}}};
+    gw_metrics_rpc_t rpc[5] = {{"kowloon.tenant.TenantService", {0}},
+                               {"kowloon.rpc.Health", {0}},
+                               {"kowloon.flags.FlagsService", {0}},
+                               {"kowloon.workspace.WorkspaceService", {0}},
+                               {"kowloon.billing.BillingService", {0}}};
     size_t len;
     gw_tenant_cache_stats(self->cache, &cs);
     kl_rpc_client_stats(self->tenant, &rpc[0].stats);
     kl_rpc_client_stats(self->health, &rpc[1].stats);
-    char *text = gw_metrics_render(self->metrics, &cs, rpc, 2, &len);
+    kl_rpc_client_stats(self->flags, &rpc[2].stats);
+    kl_rpc_client_stats(self->workspace, &rpc[3].stats);
+    kl_rpc_client_stats(self->billing, &rpc[4].stats);
+    char *text = gw_metrics_render(self->metrics, &cs, rpc, 5, &len);
+    gw_entitlements_stats_t es;
+    size_t elen;
+    gw_entitlements_stats(self->ents, &es);
+    char *etext = gw_metrics_render_entitlements(&es, &elen);
+    text = kl_realloc(text, len + elen + 1);
+    memcpy(text + len, etext, elen + 1);
+    len += elen;
+    free(etext);
     gw_reply_send(r->conn, 200, "text/plain; version=0.0.4; charset=utf-8",
                   r->rid, NULL, text, len);
     r->status = 200;
@@ -185,7 +229,8 @@ s_select(const gw_server_t *self, const char *sel, bool from_proxy, char *sub)
 }
 
 /* Resolves the host into *kind (and r->tenant for a tenant host); sends
- * the error and returns < 0 when the request ends here. */
+ * the error and returns < 0 when the request ends here. Whether the tenant
+ * may be served is s_tenant_access's, once the route is known. */
 static int
 s_resolve_host(gw_server_t *self, s_req_t *r, gw_host_kind_t *kind)
 {
@@ -238,10 +283,21 @@ s_resolve_host(gw_server_t *self, s_req_t *r, gw_host_kind_t *kind)
                st.message);
         return -s_error_status(r, &st);
     }
-    rc = gw_tenant_access(r->tenant, kl_now_unix_ms(), self->grace_ms, &st);
+    return 0;
+}
+
+/* Whether r->tenant may be served route (NULL: no route matched): deleted
+ * is 404 everywhere; a tenant that owes gets 402 except on the routes it
+ * pays through. Sends the error and returns < 0 when the request ends
+ * here. */
+static int
+s_tenant_access(gw_server_t *self, s_req_t *r, const gw_route_t *route)
+{
+    kl_status_t st;
+    int rc = gw_tenant_access(r->tenant, kl_now_unix_ms(), self->grace_ms, &st);
     if (rc == -KL_NOT_FOUND)
         return -s_error(r, 0, KL_NOT_FOUND, "tenant not found", NULL);
-    if (rc < 0)
+    if (rc < 0 && !(route && (route->flags & GW_ROUTE_UNPAID_OK)))
         return -s_error(r, 402, st.code, st.message, NULL);
     return 0;
 }
@@ -348,11 +404,67 @@ s_client_for(gw_server_t *self, const ProtobufCServiceDescriptor *service)
 {
     if (service == &kowloon__tenant__tenant_service__descriptor)
         return self->tenant;
+    if (service == &kowloon__flags__flags_service__descriptor)
+        return self->flags;
+    if (service == &kowloon__workspace__workspace_service__descriptor)
+        return self->workspace;
+    if (service == &kowloon__billing__billing_service__descriptor)
+        return self->billing;
     return NULL;
 }
 
+/* A webhook route: the body exactly as received and its signature go to
+ * the rpc, no JSON either way. The sender retries on anything but 2xx, so
+ * a refused signature (INVALID_ARGUMENT) is 400 and every other failure
+ * 5xx: the event is then delivered again, and the rpc detects duplicates. */
 static void
-s_call(gw_server_t *self, s_req_t *r, const gw_route_match_t *m)
+s_webhook(gw_server_t *self, s_req_t *r, const gw_route_match_t *m,
+          const char *body, size_t len, int64_t timeout_ms)
+{
+    static const char ok[] = "{\"received\":true}";
+    uint8_t *in = NULL, *out = NULL;
+    size_t in_len = 0, out_len = 0;
+    kl_status_t st;
+    kl_rpc_client_t *client = s_client_for(self, m->route->service);
+
+    if (!client) {
+        s_error(r, 0, KL_UNIMPLEMENTED, "no client for this service", NULL);
+        return;
+    }
+    if (gw_request_webhook_input(m->method->input, body, len,
+                                 mg_get_header(r->conn, "Stripe-Signature"),
+                                 &in, &in_len, &st) < 0) {
+        KL_LOG(KL_ERROR, "%s.%s: %s", m->route->service->name, m->route->rpc,
+               st.message);
+        s_error(r, 0, KL_INTERNAL, "webhook input did not build", NULL);
+        return;
+    }
+    kl_call_ctx_t ctx = {.request_id = r->rid};
+    kl_call_opts_t opts = {.timeout_ms = timeout_ms,
+                           .idempotent = m->route->idempotent,
+                           .ctx = &ctx};
+    int rc = kl_rpc_client_call_raw(client, m->route->rpc, in, in_len, &opts,
+                                    &out, &out_len, &st);
+    free(in);
+    free(out);
+    if (rc == 0) {
+        s_send_json(r, 200, ok, sizeof ok - 1);
+        return;
+    }
+    if (st.code == KL_INVALID_ARGUMENT) {
+        s_error_status(r, &st);
+        return;
+    }
+    KL_LOG(KL_WARN, "%s.%s failed, the sender will retry: %s: %s",
+           m->route->service->name, m->route->rpc, kl_code_name(st.code),
+           st.message);
+    int http = kl_code_http_status(st.code);
+    s_error(r, http >= 500 ? http : 500, st.code, st.message, NULL);
+}
+
+static void
+s_call(gw_server_t *self, s_req_t *r, const gw_route_match_t *m,
+       int64_t timeout_ms)
 {
     char *body = NULL;
     size_t body_len = 0;
@@ -365,12 +477,25 @@ s_call(gw_server_t *self, s_req_t *r, const gw_route_match_t *m)
 
     if (s_read_body(self, r, &body, &body_len) < 0)
         return;
+    if (m->route->flags & GW_ROUTE_WEBHOOK) {
+        s_webhook(self, r, m, body, body_len, timeout_ms);
+        free(body);
+        return;
+    }
     json_t *input = gw_request_input(body, body_len, m, r->ri->query_string,
                                      with_query, &st);
     free(body);
     if (!input) {
         s_error_status(r, &st);
         return;
+    }
+    if (r->tenant) {
+        /* A tenant names no other tenant: its own id and plan win. */
+        gw_request_force_field(input, m->method->input, "tenant_id",
+                               r->tenant->msg->id);
+        if (!(m->route->flags & GW_ROUTE_CLIENT_PLAN))
+            gw_request_force_field(input, m->method->input, "plan",
+                                   r->tenant->msg->plan);
     }
     int rc = kl_json_to_pb(m->method->input, input, &in, &in_len, &st);
     json_decref(input);
@@ -392,7 +517,7 @@ s_call(gw_server_t *self, s_req_t *r, const gw_route_match_t *m)
         .plan = r->tenant ? r->tenant->msg->plan : NULL,
         .principal = r->principal[0] ? r->principal : NULL,
     };
-    kl_call_opts_t opts = {self->rpc_timeout_ms, m->route->idempotent, &ctx};
+    kl_call_opts_t opts = {timeout_ms, m->route->idempotent, &ctx};
     rc = kl_rpc_client_call_raw(client, m->route->rpc, in, in_len, &opts, &out,
                                 &out_len, &st);
     free(in);
@@ -420,6 +545,77 @@ s_call(gw_server_t *self, s_req_t *r, const gw_route_match_t *m)
     free(text);
 }
 
+/* ---- entitlements: rate limit and feature gate ------------------------- */
+
+/* Takes the tenant's entitlements (r->ents) and one token of its rate;
+ * sends the error and returns < 0 when the request ends here. Admin
+ * routes never come here (they have no tenant). */
+static int
+s_entitle(gw_server_t *self, s_req_t *r, const gw_route_t *route)
+{
+    kl_status_t st;
+    bool stale;
+    int64_t retry = 0;
+    char hdr[64];
+    kl_call_ctx_t ctx = {.request_id = r->rid,
+                         .tenant_id = r->tenant->msg->id,
+                         .subdomain = r->subdomain,
+                         .plan = r->tenant->msg->plan,
+                         .principal = r->principal[0] ? r->principal : NULL};
+    int rc = gw_entitlements_get(self->ents, r->tenant->msg->id,
+                                 r->tenant->msg->plan, &ctx, true, &r->ents,
+                                 &stale, &retry, &st);
+    if (rc == -KL_RESOURCE_EXHAUSTED) {
+        snprintf(hdr, sizeof hdr, "Retry-After: %lld\r\n", (long long)retry);
+        return -s_error(r, 429, KL_RESOURCE_EXHAUSTED, st.message, hdr);
+    }
+    if (rc < 0) {
+        /* Never loaded and the flags service failing: a route that needs
+         * nothing from the plan is served (without a rate limit); one that
+         * does cannot be decided, so it is refused. */
+        if (!route->feature && route->local != GW_LOCAL_ENTITLEMENTS)
+            return 0;
+        if (st.code != KL_DEADLINE_EXCEEDED)
+            kl_status_set(&st, KL_UNAVAILABLE,
+                          "entitlements unavailable, try again");
+        return -s_error_status(r, &st);
+    }
+    if (route->feature && !gw_ent_allows(r->ents, route->feature)) {
+        char url[KL_SUBDOMAIN_MAX + 300], body[GW_REPLY_ERROR_MAX];
+        snprintf(url, sizeof url, "%s://%s.%s/upgrade", self->scheme,
+                 r->subdomain, self->base_domain);
+        size_t len =
+            gw_reply_feature_body(body, sizeof body, route->feature, url);
+        gw_reply_send(r->conn, 403, "application/json", r->rid, NULL, body,
+                      len);
+        r->status = 403;
+        return -403;
+    }
+    return 0;
+}
+
+static void
+s_export(gw_server_t *self, s_req_t *r)
+{
+    kl_status_t st;
+    kl_call_ctx_t ctx = {.request_id = r->rid,
+                         .tenant_id = r->tenant->msg->id,
+                         .subdomain = r->subdomain,
+                         .plan = r->tenant->msg->plan,
+                         .principal = r->principal[0] ? r->principal : NULL};
+    int rc = gw_export_stream(r->conn, self->workspace, &ctx,
+                              self->rpc_timeout_ms, r->subdomain, &st);
+    if (rc < 0) {
+        if (st.code == KL_UNAVAILABLE || st.code == KL_DEADLINE_EXCEEDED ||
+            st.code == KL_INTERNAL)
+            KL_LOG(KL_WARN, "WorkspaceService.Export failed: %s: %s",
+                   kl_code_name(st.code), st.message);
+        s_error_status(r, &st);
+        return;
+    }
+    r->status = rc;
+}
+
 /* ---- the pipeline ----------------------------------------------------- */
 
 static void
@@ -441,6 +637,10 @@ s_handle(gw_server_t *self, s_req_t *r)
             return;
         res = gw_routes_match(self->routes, kind, method, r->path, &m, allow,
                               sizeof allow);
+        if (r->tenant &&
+            s_tenant_access(self, r, res == GW_MATCH_FOUND ? m.route : NULL) <
+                0)
+            return;
     }
     if (res == GW_MATCH_NO_PATH) {
         snprintf(msg, sizeof msg, "no route for %.16s %.*s", method,
@@ -456,6 +656,8 @@ s_handle(gw_server_t *self, s_req_t *r)
     }
     r->route = m.index;
     if (s_authenticate(self, r, m.route) < 0)
+        return;
+    if (r->tenant && s_entitle(self, r, m.route) < 0)
         return;
 
     switch (m.route->local) {
@@ -473,10 +675,38 @@ s_handle(gw_server_t *self, s_req_t *r)
     case GW_LOCAL_TENANT_SELF:
         s_send_json(r, 200, r->tenant->json, r->tenant->json_len);
         return;
+    case GW_LOCAL_ENTITLEMENTS:
+        s_send_json(r, 200, r->ents->json, r->ents->json_len);
+        return;
+    case GW_LOCAL_EXPORT:
+        s_export(self, r);
+        return;
     case GW_LOCAL_NONE:
-        s_call(self, r, &m);
+        break;
+    }
+    /* A route of the route file: an HTTP upstream, or an rpc with its own
+     * timeout. Built-in rpc routes use KOWLOON_RPC_TIMEOUT_MS. */
+    const gw_route_file_target_t *target =
+        m.index >= self->n_builtin
+            ? gw_route_file_target(self->route_file, m.index - self->n_builtin)
+            : NULL;
+    if (target && target->upstream) {
+        gw_upstream_req_t up = {
+            .upstream = target->upstream,
+            .timeout_ms = target->timeout_ms,
+            .path = r->path,
+            .query = r->ri->query_string,
+            .request_id = r->rid,
+            .tenant_id = r->tenant ? r->tenant->msg->id : NULL,
+            .subdomain = r->tenant ? r->subdomain : NULL,
+            .plan = r->tenant ? r->tenant->msg->plan : NULL,
+        };
+        r->status = gw_upstream_forward(self->upstream, r->conn, &up);
         return;
     }
+    s_call(self, r, &m,
+           target && target->timeout_ms > 0 ? target->timeout_ms
+                                            : self->rpc_timeout_ms);
 }
 
 static void
@@ -505,6 +735,7 @@ s_begin_request(struct mg_connection *conn)
     memset(&r, 0, offsetof(s_req_t, subdomain));
     r.subdomain[0] = '\0';
     r.tenant = NULL;
+    r.ents = NULL;
     r.principal[0] = '\0';
     clock_gettime(CLOCK_MONOTONIC, &r.t0);
     r.conn = conn;
@@ -524,6 +755,7 @@ s_begin_request(struct mg_connection *conn)
     gw_metrics_observe(self->metrics, r.route, r.status, us);
     if (kl_log_enabled(KL_INFO))
         s_access_log(&r, us);
+    gw_ent_release(&r.ents);
     gw_tenant_release(&r.tenant);
     kl_log_clear_context();
     return r.status;
@@ -541,12 +773,13 @@ s_on_event(const Kowloon__Events__ChangeEvent *event, void *user)
 {
     gw_server_t *self = user;
     if (!event)
-        KL_LOG(KL_INFO, "event subscription (re)started, tenant cache "
-                        "dropped");
+        KL_LOG(KL_INFO, "event subscription (re)started, tenant and "
+                        "entitlements caches dropped");
     else
         KL_LOG(KL_DEBUG, "event %s %s %s", event->kind, event->action,
                event->id);
     gw_tenant_cache_on_event(self->cache, event);
+    gw_entitlements_on_event(self->ents, event);
 }
 
 /* ---- lifecycle -------------------------------------------------------- */
@@ -596,13 +829,61 @@ s_start_http(gw_server_t *self, kl_status_t *status)
     return 0;
 }
 
+/* The cache's backend: FlagsService.Evaluate (idempotent). */
+static int
+s_evaluate(void *user, const char *tenant_id, const char *plan,
+           const kl_call_ctx_t *ctx, Kowloon__Flags__Entitlements **out,
+           kl_status_t *status)
+{
+    gw_server_t *self = user;
+    Kowloon__Flags__EvaluateRequest req =
+        KOWLOON__FLAGS__EVALUATE_REQUEST__INIT;
+    kl_call_opts_t opts = {self->rpc_timeout_ms, true, ctx};
+    ProtobufCMessage *reply = NULL;
+
+    req.tenant_id = (char *)tenant_id;
+    req.plan = (char *)plan;
+    *out = NULL;
+    int rc = kl_rpc_client_call(self->flags, "Evaluate", &req.base, &opts,
+                                &reply, status);
+    if (rc < 0)
+        return rc;
+    *out = (Kowloon__Flags__Entitlements *)reply;
+    return 0;
+}
+
+/* A client of service at the endpoints of setting id (named env). */
+static int
+s_new_client(const kl_config_t *cfg, kl_config_id_t id, const char *env,
+             const ProtobufCServiceDescriptor *service, kl_rpc_client_t **out,
+             kl_status_t *status)
+{
+    size_t n_ep = kl_config_list_len(cfg, id);
+    const char **eps = kl_calloc(n_ep ? n_ep : 1, sizeof(char *));
+    for (size_t i = 0; i < n_ep; i++)
+        eps[i] = kl_config_list_at(cfg, id, i);
+    kl_rpc_client_opts_t copts = {
+        .endpoints = eps,
+        .n_endpoints = n_ep,
+        .max_message_bytes =
+            (size_t)kl_config_int(cfg, KL_CFG_RPC_MAX_MESSAGE_BYTES),
+    };
+    kl_status_t st;
+    *out = kl_rpc_client_new(service, &copts, &st);
+    free(eps);
+    if (!*out)
+        return kl_status_set(status, KL_INVALID_ARGUMENT, "%s: %s", env,
+                             st.message);
+    return 0;
+}
+
 gw_server_t *
 gw_server_new(const kl_config_t *cfg, kl_status_t *status)
 {
     static int s_mg_initialised;
     gw_server_t *self = kl_calloc(1, sizeof *self);
-    size_t n_routes;
-    const gw_route_t *table = gw_routes_table(&n_routes);
+    size_t n_routes, n_extra = 0;
+    const gw_route_t *builtin = gw_routes_table(&self->n_builtin);
 
     self->cfg = cfg;
     self->base_domain = kl_config_str(cfg, KL_CFG_BASE_DOMAIN);
@@ -623,13 +904,49 @@ gw_server_new(const kl_config_t *cfg, kl_status_t *status)
         }
     }
     self->auth = gw_auth_new(kl_config_str(cfg, KL_CFG_ADMIN_TOKEN));
-    self->routes = gw_routes_new(table, n_routes, status);
+    const char *rf_path = kl_config_str(cfg, KL_CFG_ROUTES_FILE);
+    if (rf_path && *rf_path) {
+        static const ProtobufCServiceDescriptor *const services[] = {
+            &kowloon__tenant__tenant_service__descriptor,
+            &kowloon__flags__flags_service__descriptor,
+            &kowloon__workspace__workspace_service__descriptor,
+        };
+        gw_route_file_opts_t ro = {services,
+                                   sizeof services / sizeof services[0],
+                                   builtin, self->n_builtin};
+        kl_status_t st;
+        self->route_file = gw_route_file_load(rf_path, &ro, &st);
+        if (!self->route_file) {
+            kl_status_set(status, KL_INVALID_ARGUMENT,
+                          "KOWLOON_ROUTES_FILE: %s", st.message);
+            goto fail;
+        }
+    }
+    const gw_route_t *extra = gw_route_file_routes(self->route_file, &n_extra);
+    n_routes = self->n_builtin + n_extra;
+    self->table = kl_calloc(n_routes, sizeof(gw_route_t));
+    memcpy(self->table, builtin, self->n_builtin * sizeof(gw_route_t));
+    if (n_extra)
+        memcpy(self->table + self->n_builtin, extra,
+               n_extra * sizeof(gw_route_t));
+    for (size_t i = 0; i < n_extra; i++)
+        if (gw_route_file_target(self->route_file, i)->upstream &&
+            !self->upstream)
+            self->upstream = gw_upstream_new(
+                (size_t)kl_config_int(cfg, KL_CFG_HTTP_THREADS));
+    const gw_route_t *table = self->table;
+    self->routes = gw_routes_new_ext(table, n_routes, self->n_builtin, status);
     if (!self->routes)
         goto fail;
     self->route_labels = kl_calloc(n_routes, sizeof(char *));
     for (size_t i = 0; i < n_routes; i++)
         self->route_labels[i] = table[i].pattern;
     self->metrics = gw_metrics_new(self->route_labels, n_routes);
+    const char **methods = kl_calloc(n_routes ? n_routes : 1, sizeof(char *));
+    for (size_t i = 0; i < n_routes; i++)
+        methods[i] = table[i].method;
+    gw_metrics_set_methods(self->metrics, methods);
+    free(methods);
 
     size_t n_ep = kl_config_list_len(cfg, KL_CFG_TENANT_ENDPOINTS);
     const char **eps = kl_calloc(n_ep ? n_ep : 1, sizeof(char *));
@@ -639,7 +956,8 @@ gw_server_new(const kl_config_t *cfg, kl_status_t *status)
         .endpoints = eps,
         .n_endpoints = n_ep,
         .max_message_bytes =
-            (size_t)kl_config_int(cfg, KL_CFG_RPC_MAX_MESSAGE_BYTES)};
+            (size_t)kl_config_int(cfg, KL_CFG_RPC_MAX_MESSAGE_BYTES),
+    };
     self->tenant = kl_rpc_client_new(
         &kowloon__tenant__tenant_service__descriptor, &copts, status);
     if (self->tenant)
@@ -658,8 +976,28 @@ gw_server_new(const kl_config_t *cfg, kl_status_t *status)
     int64_t ttl = kl_config_int(cfg, KL_CFG_TENANT_CACHE_TTL_MS);
     gw_tenant_cache_opts_t opts = {
         ttl, ttl < S_NEGATIVE_TTL_MS ? ttl : S_NEGATIVE_TTL_MS,
-        (size_t)kl_config_int(cfg, KL_CFG_TENANT_CACHE_MAX_ENTRIES)};
+        (size_t)kl_config_int(cfg, KL_CFG_TENANT_CACHE_MAX_ENTRIES),
+        S_STALE_RETRY_MS};
     self->cache = gw_tenant_cache_new(&opts, &backend);
+
+    self->scheme = kl_strdup(kl_config_str(cfg, KL_CFG_PUBLIC_SCHEME));
+    if (s_new_client(cfg, KL_CFG_FLAGS_ENDPOINTS, "KOWLOON_FLAGS_ENDPOINTS",
+                     &kowloon__flags__flags_service__descriptor, &self->flags,
+                     status) < 0 ||
+        s_new_client(cfg, KL_CFG_WORKSPACE_ENDPOINTS,
+                     "KOWLOON_WORKSPACE_ENDPOINTS",
+                     &kowloon__workspace__workspace_service__descriptor,
+                     &self->workspace, status) < 0 ||
+        s_new_client(cfg, KL_CFG_BILLING_ENDPOINTS, "KOWLOON_BILLING_ENDPOINTS",
+                     &kowloon__billing__billing_service__descriptor,
+                     &self->billing, status) < 0)
+        goto fail;
+    gw_entitlements_opts_t eopts = {
+        kl_config_int(cfg, KL_CFG_ENTITLEMENTS_TTL_MS), S_STALE_RETRY_MS,
+        (size_t)kl_config_int(cfg, KL_CFG_TENANT_CACHE_MAX_ENTRIES),
+        kl_config_int(cfg, KL_CFG_GATEWAY_INSTANCES), NULL};
+    gw_entitlements_backend_t ebackend = {s_evaluate, self};
+    self->ents = gw_entitlements_new(&eopts, &ebackend);
 
     const char *redis = kl_config_str(cfg, KL_CFG_REDIS_URL);
     if (redis && *redis) {
@@ -699,12 +1037,20 @@ gw_server_destroy(gw_server_t **self_p)
     if (self->mg)
         mg_stop(self->mg);
     kl_events_destroy(&self->events);
+    gw_entitlements_destroy(&self->ents);
+    kl_rpc_client_destroy(&self->billing);
+    kl_rpc_client_destroy(&self->workspace);
+    kl_rpc_client_destroy(&self->flags);
+    free(self->scheme);
     gw_tenant_cache_destroy(&self->cache);
     gw_tenant_rpc_destroy(&self->tenant_rpc);
     kl_rpc_client_destroy(&self->health);
     kl_rpc_client_destroy(&self->tenant);
     gw_metrics_destroy(&self->metrics);
     free(self->route_labels);
+    gw_upstream_destroy(&self->upstream);
+    gw_route_file_destroy(&self->route_file);
+    free(self->table);
     gw_routes_destroy(&self->routes);
     gw_auth_destroy(&self->auth);
     gw_cidr_list_destroy(&self->trusted);

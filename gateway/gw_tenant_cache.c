@@ -63,6 +63,7 @@ struct gw_tenant_cache {
     s_table_t keys;           /* sha256(key) -> owner */
     atomic_uint_fast64_t gen; /* bumped by every invalidation */
     atomic_uint_fast64_t hits, misses, evictions, invalidations;
+    atomic_uint_fast64_t stale; /* answers served stale */
 };
 
 static uint64_t
@@ -264,6 +265,7 @@ gw_tenant_cache_new(const gw_tenant_cache_opts_t *opts,
     atomic_init(&self->misses, 0);
     atomic_init(&self->evictions, 0);
     atomic_init(&self->invalidations, 0);
+    atomic_init(&self->stale, 0);
     return self;
 }
 
@@ -289,6 +291,36 @@ s_lookup(s_table_t *t, const unsigned char *key, size_t len, uint64_t hash,
     if (e && e->expires_ms > kl_now_mono_ms()) {
         if (!atomic_load_explicit(&e->referenced, memory_order_relaxed))
             atomic_store_explicit(&e->referenced, true, memory_order_relaxed);
+        *shard_p = s;
+        return e;
+    }
+    pthread_rwlock_unlock(&s->lock);
+    return NULL;
+}
+
+/* Stale-if-error: whether the backend's failure means "answer unknown"
+ * (rather than a definite refusal). */
+static bool
+s_transient(int rc)
+{
+    return rc == -KL_UNAVAILABLE || rc == -KL_DEADLINE_EXCEEDED;
+}
+
+/* Finds a positive entry of key however old, extends its life by ext_ms
+ * (so that a dead backend is not asked on every request) and returns it
+ * with the shard write-locked (the caller copies and unlocks), or NULL
+ * unlocked. */
+static s_entry_t *
+s_lookup_stale(s_table_t *t, const unsigned char *key, size_t len,
+               uint64_t hash, int64_t ext_ms, s_shard_t **shard_p)
+{
+    s_shard_t *s = s_shard_of(t, hash);
+    pthread_rwlock_wrlock(&s->lock);
+    s_entry_t *e = s_find(s, hash, key, len);
+    if (e && !e->negative) {
+        int64_t until = kl_now_mono_ms() + ext_ms;
+        if (e->expires_ms < until)
+            e->expires_ms = until;
         *shard_p = s;
         return e;
     }
@@ -334,6 +366,17 @@ gw_tenant_cache_get(gw_tenant_cache_t *self, const char *subdomain,
             s_insert(self, &self->tenants, e, gen0);
         }
         return kl_status_set(status, KL_NOT_FOUND, "tenant not found");
+    }
+    if (rc < 0 && s_transient(rc) && self->opts.ttl_ms > 0) {
+        s_entry_t *e =
+            s_lookup_stale(&self->tenants, (const unsigned char *)subdomain,
+                           len, hash, self->opts.stale_retry_ms, &s);
+        if (e) {
+            *out = gw_tenant_ref(e->tenant);
+            pthread_rwlock_unlock(&s->lock);
+            atomic_fetch_add_explicit(&self->stale, 1, memory_order_relaxed);
+            return 0;
+        }
     }
     if (rc < 0)
         return rc;
@@ -397,6 +440,16 @@ gw_tenant_cache_resolve_key(gw_tenant_cache_t *self, const char *key,
             s_insert(self, &self->keys, e, gen0);
         }
         return kl_status_set(status, KL_UNAUTHENTICATED, "invalid API key");
+    }
+    if (rc < 0 && s_transient(rc) && self->opts.ttl_ms > 0) {
+        s_entry_t *e = s_lookup_stale(&self->keys, digest, sizeof digest, hash,
+                                      self->opts.stale_retry_ms, &s);
+        if (e) {
+            *out = e->api;
+            pthread_rwlock_unlock(&s->lock);
+            atomic_fetch_add_explicit(&self->stale, 1, memory_order_relaxed);
+            return 0;
+        }
     }
     if (rc < 0)
         return rc;
@@ -516,6 +569,7 @@ gw_tenant_cache_stats(gw_tenant_cache_t *self, gw_tenant_cache_stats_t *stats)
         atomic_load_explicit(&self->evictions, memory_order_relaxed);
     stats->invalidations =
         atomic_load_explicit(&self->invalidations, memory_order_relaxed);
+    stats->stale = atomic_load_explicit(&self->stale, memory_order_relaxed);
     stats->tenants = s_table_count(&self->tenants);
     stats->keys = s_table_count(&self->keys);
 }

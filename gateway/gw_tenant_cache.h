@@ -12,6 +12,12 @@
  * (second chance: expired entries first, then the oldest entry not read
  * since the hand last passed). Change events drop entries early.
  *
+ * Stale-if-error: when a refresh of an expired positive entry fails with
+ * UNAVAILABLE or DEADLINE_EXCEEDED (the tenant service is down or slow),
+ * the expired entry is served instead and lives stale_retry_ms more, so
+ * that a dead service is asked at most once per stale_retry_ms per entry.
+ * Entries dropped by events are gone and never served stale.
+ *
  * Thread-safe: sharded, one rwlock per shard; a hit takes one read lock and
  * touches no shared cache line but the entry's and the hit counter.
  */
@@ -54,6 +60,8 @@ typedef struct {
     int64_t negative_ttl_ms; /* unknown subdomains, refused keys; capped
                                 at ttl_ms */
     size_t max_entries;      /* per table, >= 1 */
+    int64_t stale_retry_ms;  /* stale-if-error: life added to an expired
+                                entry served because the backend failed */
 } gw_tenant_cache_opts_t;
 
 typedef struct {
@@ -64,6 +72,7 @@ typedef struct {
 typedef struct {
     uint64_t hits, misses, evictions, invalidations;
     size_t tenants, keys; /* entries now, negative ones included */
+    uint64_t stale;       /* answers served stale (backend failing) */
 } gw_tenant_cache_stats_t;
 
 typedef struct gw_tenant_cache gw_tenant_cache_t;

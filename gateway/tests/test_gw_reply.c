@@ -99,10 +99,36 @@ test_escape_append(void **state)
     assert_int_equal(strlen(buf), len);
 }
 
+static void
+test_feature_body_exact(void **state)
+{
+    (void)state;
+    char buf[GW_REPLY_ERROR_MAX];
+    size_t len = gw_reply_feature_body(buf, sizeof buf, "advanced_reports",
+                                       "https://acme.example.com/upgrade");
+    assert_string_equal(
+        buf, "{\"error\":{\"code\":\"PERMISSION_DENIED\",\"message\":"
+             "\"Feature not available on your plan\",\"feature\":"
+             "\"advanced_reports\",\"upgrade_url\":"
+             "\"https://acme.example.com/upgrade\"}}");
+    assert_int_equal(len, strlen(buf));
+    /* Escaped, and valid JSON whatever the input. */
+    len = gw_reply_feature_body(buf, sizeof buf, "a\"b", "x\\y");
+    json_error_t err;
+    json_t *j = json_loadb(buf, len, 0, &err);
+    assert_non_null(j);
+    assert_string_equal(json_string_value(json_object_get(
+                            json_object_get(j, "error"), "feature")),
+                        "a\"b");
+    json_decref(j);
+    assert_int_equal(gw_reply_feature_body(buf, 8, "x", "y"), 0);
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_feature_body_exact),
         cmocka_unit_test(test_error_body),
         cmocka_unit_test(test_escaping_round_trips),
         cmocka_unit_test(test_invalid_utf8_replaced),

@@ -76,7 +76,7 @@ s_resolve_api_key(void *user, const char *key, const kl_call_ctx_t *ctx,
 static gw_tenant_cache_t *
 s_cache(int64_t ttl, int64_t neg_ttl, size_t max)
 {
-    gw_tenant_cache_opts_t o = {ttl, neg_ttl, max};
+    gw_tenant_cache_opts_t o = {ttl, neg_ttl, max, 0};
     gw_tenant_backend_t b = {s_get_by_subdomain, s_resolve_api_key, NULL};
     atomic_store(&s_subdomain_calls, 0);
     atomic_store(&s_key_calls, 0);
@@ -509,6 +509,44 @@ test_parse_time(void **state)
     assert_int_equal(gw_tenant_parse_time("2026-11-27T17:03:05Zjunk"), -1);
 }
 
+static void
+test_stale_if_error(void **state)
+{
+    gw_tenant_cache_t *c = s_cache(30, 30, 1000);
+    gw_tenant_t *t = NULL;
+    gw_api_key_t k;
+    kl_status_t st;
+    gw_tenant_cache_stats_t stats;
+    (void)state;
+
+    assert_int_equal(gw_tenant_cache_get(c, "sub1", NULL, &t, &st), 0);
+    gw_tenant_release(&t);
+    assert_int_equal(gw_tenant_cache_resolve_key(c, "key-1", 5, NULL, &k, &st),
+                     0);
+    s_sleep_ms(40); /* both expired */
+    s_fail_unavailable = 1;
+    assert_int_equal(gw_tenant_cache_get(c, "sub1", NULL, &t, &st), 0);
+    assert_string_equal(t->msg->id, "t1");
+    gw_tenant_release(&t);
+    assert_int_equal(gw_tenant_cache_resolve_key(c, "key-1", 5, NULL, &k, &st),
+                     0);
+    assert_string_equal(k.tenant_id, "t1");
+    gw_tenant_cache_stats(c, &stats);
+    assert_int_equal(stats.stale, 2);
+    /* Never cached: the error. */
+    assert_int_equal(gw_tenant_cache_get(c, "sub2", NULL, &t, &st),
+                     -KL_UNAVAILABLE);
+    /* Dropped by an event: gone, never served stale. */
+    Kowloon__Events__ChangeEvent ev = KOWLOON__EVENTS__CHANGE_EVENT__INIT;
+    ev.kind = "tenant";
+    ev.id = "t1";
+    ev.subdomain = "sub1";
+    gw_tenant_cache_on_event(c, &ev);
+    assert_int_equal(gw_tenant_cache_get(c, "sub1", NULL, &t, &st),
+                     -KL_UNAVAILABLE);
+    gw_tenant_cache_destroy(&c);
+}
+
 int
 main(void)
 {
@@ -525,6 +563,7 @@ main(void)
         cmocka_unit_test(test_concurrency),
         cmocka_unit_test(test_access_rules),
         cmocka_unit_test(test_parse_time),
+        cmocka_unit_test(test_stale_if_error),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -494,7 +494,17 @@ test_stop_drains_in_flight_calls(void **state)
         s[i] = (s_sleeper_t){.client = c, .rc = 1};
         pthread_create(&th[i], NULL, s_sleeper, &s[i]);
     }
-    ts_sleep_ms(150);
+    /* Wait until every call was submitted and two are running, so that the
+     * stop finds two in flight and four queued even on a loaded machine. */
+    kl_rpc_client_stats_t cs = {0};
+    for (int i = 0; i < 500; i++) {
+        kl_rpc_client_stats(c, &cs);
+        if (cs.calls == N && atomic_load(&ts->invocations) >= 2)
+            break;
+        ts_sleep_ms(10);
+    }
+    assert_int_equal(cs.calls, N);
+    ts_sleep_ms(100); /* the submitted calls reach the server's queue */
     int64_t t0 = kl_now_mono_ms();
     assert_int_equal(ts_stop(ts), 0);
     assert_true(kl_now_mono_ms() - t0 >= 500);
