@@ -1,6 +1,7 @@
 # One image for every Kowloon binary; the container's command picks one:
 #   docker run --rm kowloon:dev kowloon-config --names
-#   command: ["kowloon-gateway"]   (docker-compose.yml)
+#   command: ["kowloon-gateway"]   (docker-compose.yml; every kowloon-* and
+#   kowloonctl are in /usr/local/bin)
 # Multi-stage: Debian 12 with the -dev packages builds, Debian 12 slim with
 # only the runtime libraries runs, as a non-root user.
 
@@ -18,9 +19,11 @@ COPY . .
 RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=RelWithDebInfo \
  && cmake --build /build -j"$(nproc)" \
  && mkdir -p /out \
- && find /build -path /build/CMakeFiles -prune -o -type f -name 'kowloon-*' -perm -u+x \
-      -exec install -m 0755 -t /out {} + \
- && ls -l /out
+ && find /build -path /build/CMakeFiles -prune -o -type f \( -name 'kowloon-*' -o -name kowloonctl \) \
+      -perm -u+x -exec install -m 0755 -t /out {} + \
+ && install -d /out-share/migrations \
+ && install -m 0644 -t /out-share/migrations services/workspace/migrations/V*.sql \
+ && ls -l /out /out-share/migrations
 
 # ---- runtime -------------------------------------------------------------
 FROM debian:12-slim
@@ -33,6 +36,8 @@ RUN apt-get update \
  && useradd --system --uid 10001 --user-group --home-dir /nonexistent \
       --no-create-home --shell /usr/sbin/nologin kowloon
 COPY --from=build /out/ /usr/local/bin/
+# The product's migrations, for kowloon-migration (KOWLOON_MIGRATIONS_DIR).
+COPY --from=build /out-share/migrations/ /usr/local/share/kowloon/migrations/
 USER 10001:10001
 # Logs are JSON lines on stderr; settings are KOWLOON_* variables
 # (docs/configuration.md). No default binary on purpose: say which.

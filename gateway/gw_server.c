@@ -91,6 +91,7 @@ struct gw_server {
     kl_rpc_client_t *flags;     /* FlagsService */
     kl_rpc_client_t *workspace; /* WorkspaceService */
     kl_rpc_client_t *billing;   /* BillingService */
+    kl_rpc_env_t *rpc;          /* borrowed; NULL: clients are ours */
     gw_entitlements_t *ents;    /* tenant id -> entitlements + bucket */
     char *scheme;               /* KOWLOON_PUBLIC_SCHEME */
     kl_events_t *events;        /* change events -> caches; NULL: no Redis */
@@ -852,12 +853,20 @@ s_evaluate(void *user, const char *tenant_id, const char *plan,
     return 0;
 }
 
-/* A client of service at the endpoints of setting id (named env). */
+/* A client of service at the endpoints of setting id (named env). With
+ * an rpc env, the env makes (and owns) it. */
 static int
-s_new_client(const kl_config_t *cfg, kl_config_id_t id, const char *env,
-             const ProtobufCServiceDescriptor *service, kl_rpc_client_t **out,
-             kl_status_t *status)
+s_new_client(const kl_config_t *cfg, kl_rpc_env_t *rpc, kl_config_id_t id,
+             const char *env, const ProtobufCServiceDescriptor *service,
+             kl_rpc_client_t **out, kl_status_t *status)
 {
+    kl_status_t st;
+    if (rpc) {
+        *out = kl_rpc_env_client(rpc, id, service, &st);
+        if (!*out)
+            return kl_status_set(status, KL_INVALID_ARGUMENT, "%s", st.message);
+        return 0;
+    }
     size_t n_ep = kl_config_list_len(cfg, id);
     const char **eps = kl_calloc(n_ep ? n_ep : 1, sizeof(char *));
     for (size_t i = 0; i < n_ep; i++)
@@ -868,7 +877,6 @@ s_new_client(const kl_config_t *cfg, kl_config_id_t id, const char *env,
         .max_message_bytes =
             (size_t)kl_config_int(cfg, KL_CFG_RPC_MAX_MESSAGE_BYTES),
     };
-    kl_status_t st;
     *out = kl_rpc_client_new(service, &copts, &st);
     free(eps);
     if (!*out)
@@ -880,12 +888,20 @@ s_new_client(const kl_config_t *cfg, kl_config_id_t id, const char *env,
 gw_server_t *
 gw_server_new(const kl_config_t *cfg, kl_status_t *status)
 {
+    return gw_server_new_env(cfg, NULL, status);
+}
+
+gw_server_t *
+gw_server_new_env(const kl_config_t *cfg, kl_rpc_env_t *rpc,
+                  kl_status_t *status)
+{
     static int s_mg_initialised;
     gw_server_t *self = kl_calloc(1, sizeof *self);
     size_t n_routes, n_extra = 0;
     const gw_route_t *builtin = gw_routes_table(&self->n_builtin);
 
     self->cfg = cfg;
+    self->rpc = rpc;
     self->base_domain = kl_config_str(cfg, KL_CFG_BASE_DOMAIN);
     self->rpc_timeout_ms = kl_config_int(cfg, KL_CFG_RPC_TIMEOUT_MS);
     self->grace_ms = kl_config_int(cfg, KL_CFG_PAST_DUE_GRACE_S) * 1000;
@@ -948,28 +964,14 @@ gw_server_new(const kl_config_t *cfg, kl_status_t *status)
     gw_metrics_set_methods(self->metrics, methods);
     free(methods);
 
-    size_t n_ep = kl_config_list_len(cfg, KL_CFG_TENANT_ENDPOINTS);
-    const char **eps = kl_calloc(n_ep ? n_ep : 1, sizeof(char *));
-    for (size_t i = 0; i < n_ep; i++)
-        eps[i] = kl_config_list_at(cfg, KL_CFG_TENANT_ENDPOINTS, i);
-    kl_rpc_client_opts_t copts = {
-        .endpoints = eps,
-        .n_endpoints = n_ep,
-        .max_message_bytes =
-            (size_t)kl_config_int(cfg, KL_CFG_RPC_MAX_MESSAGE_BYTES),
-    };
-    self->tenant = kl_rpc_client_new(
-        &kowloon__tenant__tenant_service__descriptor, &copts, status);
-    if (self->tenant)
-        self->health = kl_rpc_client_new(&kowloon__rpc__health__descriptor,
-                                         &copts, status);
-    free(eps);
-    if (!self->tenant || !self->health) {
-        kl_status_t st = *status;
-        kl_status_set(status, KL_INVALID_ARGUMENT,
-                      "KOWLOON_TENANT_ENDPOINTS: %s", st.message);
+    if (s_new_client(cfg, rpc, KL_CFG_TENANT_ENDPOINTS,
+                     "KOWLOON_TENANT_ENDPOINTS",
+                     &kowloon__tenant__tenant_service__descriptor,
+                     &self->tenant, status) < 0 ||
+        s_new_client(
+            cfg, rpc, KL_CFG_TENANT_ENDPOINTS, "KOWLOON_TENANT_ENDPOINTS",
+            &kowloon__rpc__health__descriptor, &self->health, status) < 0)
         goto fail;
-    }
 
     self->tenant_rpc = gw_tenant_rpc_new(self->tenant, self->rpc_timeout_ms);
     gw_tenant_backend_t backend = gw_tenant_rpc_backend(self->tenant_rpc);
@@ -981,14 +983,16 @@ gw_server_new(const kl_config_t *cfg, kl_status_t *status)
     self->cache = gw_tenant_cache_new(&opts, &backend);
 
     self->scheme = kl_strdup(kl_config_str(cfg, KL_CFG_PUBLIC_SCHEME));
-    if (s_new_client(cfg, KL_CFG_FLAGS_ENDPOINTS, "KOWLOON_FLAGS_ENDPOINTS",
+    if (s_new_client(cfg, rpc, KL_CFG_FLAGS_ENDPOINTS,
+                     "KOWLOON_FLAGS_ENDPOINTS",
                      &kowloon__flags__flags_service__descriptor, &self->flags,
                      status) < 0 ||
-        s_new_client(cfg, KL_CFG_WORKSPACE_ENDPOINTS,
+        s_new_client(cfg, rpc, KL_CFG_WORKSPACE_ENDPOINTS,
                      "KOWLOON_WORKSPACE_ENDPOINTS",
                      &kowloon__workspace__workspace_service__descriptor,
                      &self->workspace, status) < 0 ||
-        s_new_client(cfg, KL_CFG_BILLING_ENDPOINTS, "KOWLOON_BILLING_ENDPOINTS",
+        s_new_client(cfg, rpc, KL_CFG_BILLING_ENDPOINTS,
+                     "KOWLOON_BILLING_ENDPOINTS",
                      &kowloon__billing__billing_service__descriptor,
                      &self->billing, status) < 0)
         goto fail;
@@ -1038,14 +1042,19 @@ gw_server_destroy(gw_server_t **self_p)
         mg_stop(self->mg);
     kl_events_destroy(&self->events);
     gw_entitlements_destroy(&self->ents);
-    kl_rpc_client_destroy(&self->billing);
-    kl_rpc_client_destroy(&self->workspace);
-    kl_rpc_client_destroy(&self->flags);
+    /* Clients made by an rpc env are the env's to destroy. */
+    if (!self->rpc) {
+        kl_rpc_client_destroy(&self->billing);
+        kl_rpc_client_destroy(&self->workspace);
+        kl_rpc_client_destroy(&self->flags);
+    }
     free(self->scheme);
     gw_tenant_cache_destroy(&self->cache);
     gw_tenant_rpc_destroy(&self->tenant_rpc);
-    kl_rpc_client_destroy(&self->health);
-    kl_rpc_client_destroy(&self->tenant);
+    if (!self->rpc) {
+        kl_rpc_client_destroy(&self->health);
+        kl_rpc_client_destroy(&self->tenant);
+    }
     gw_metrics_destroy(&self->metrics);
     free(self->route_labels);
     gw_upstream_destroy(&self->upstream);

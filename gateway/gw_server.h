@@ -10,6 +10,7 @@
 
 #include "kl_code.h"
 #include "kl_config.h"
+#include "kl_rpc_env.h"
 
 typedef struct gw_server gw_server_t;
 
@@ -18,6 +19,12 @@ typedef struct gw_server gw_server_t;
  * civetweb listening. NULL + status (naming the setting at fault when one
  * is) on failure. */
 gw_server_t *gw_server_new(const kl_config_t *cfg, kl_status_t *status);
+
+/* As gw_server_new, with the service clients made by rpc (borrowed; must
+ * outlive the server): Curve keys, "@file" endpoint lists, and endpoints
+ * replaced on kl_rpc_env_reload (SIGHUP). rpc NULL: as gw_server_new. */
+gw_server_t *gw_server_new_env(const kl_config_t *cfg, kl_rpc_env_t *rpc,
+                               kl_status_t *status);
 
 /* Stops civetweb (waits for in-flight requests), then frees the rest. */
 void gw_server_destroy(gw_server_t **self_p);

@@ -6,6 +6,7 @@
 
 #include "kl_config.h"
 #include "kl_log.h"
+#include "kl_rpc_env.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -36,12 +37,23 @@ main(void)
                                kl_config_str(cfg, KL_CFG_LOG_LEVEL)));
     kl_config_log(cfg);
 
-    gw_server_t *server = gw_server_new(cfg, &status);
+    /* Curve keys, "@file" endpoint lists reloaded on SIGHUP
+     * (docs/operations/curve.md). */
+    kl_rpc_env_t *rpc = kl_rpc_env_new(cfg, KL_PROC_GATEWAY, &status);
+    if (!rpc) {
+        kl_log_write(KL_ERROR, "invalid configuration: %s", status.message);
+        kl_config_destroy(&cfg);
+        return 2;
+    }
+    gw_server_t *server = gw_server_new_env(cfg, rpc, &status);
     if (!server) {
         kl_log_write(KL_ERROR, "gateway did not start: %s", status.message);
+        kl_rpc_env_destroy(&rpc);
         kl_config_destroy(&cfg);
         return status.code == KL_INVALID_ARGUMENT ? 2 : 1;
     }
+    if (kl_rpc_env_handle_sighup(rpc) < 0)
+        KL_LOG(KL_WARN, "SIGHUP reload unavailable");
     KL_LOG(KL_INFO, "gateway listening on %s",
            kl_config_str(cfg, KL_CFG_HTTP_LISTEN));
 
@@ -50,6 +62,7 @@ main(void)
     KL_LOG(KL_INFO, "received %s, stopping",
            sig == SIGTERM ? "SIGTERM" : "SIGINT");
     gw_server_destroy(&server);
+    kl_rpc_env_destroy(&rpc);
     kl_config_destroy(&cfg);
     KL_LOG(KL_INFO, "gateway stopped");
     return 0;

@@ -807,7 +807,7 @@ class ProductStack(Stack):
             "KOWLOON_WORKERS": "2"}, name)
 
     def start_workspace(self, name="workspace"):
-        pass  # the workspace service creates its own tables (until migrations land)
+        apply_product_migrations(self.db.url)
         return self._start_service("workspace", self.workspace_endpoint, {
             "KOWLOON_DATABASE_URL": self.app_url,
             "KOWLOON_DATA_OWNER_URL": self.db.url,

@@ -62,8 +62,8 @@ def problems_of(root, what):
 
 
 def test_compose_unknown_variable_caught(copy):
-    edit(copy / "docker-compose.yml", '      KOWLOON_WORKERS: "4"\n',
-         '      KOWLOON_WORKERS: "4"\n      KOWLOON_NO_SUCH_SETTING: "1"\n')
+    edit(copy / "docker-compose.yml", '      KOWLOON_TENANT_BIND: tcp://127.0.0.1:7101\n',
+         '      KOWLOON_TENANT_BIND: tcp://127.0.0.1:7101\n      KOWLOON_NO_SUCH_SETTING: "1"\n')
     p = problems_of(copy, "compose")
     assert "KOWLOON_NO_SUCH_SETTING, which is not in lib/kl_config_table.h" in p, p
 
@@ -76,7 +76,8 @@ def test_compose_missing_binary_caught(copy):
 
 
 def test_compose_bad_value_caught(copy):
-    edit(copy / "docker-compose.yml", 'KOWLOON_WORKERS: "4"', 'KOWLOON_WORKERS: "many"')
+    edit(copy / "docker-compose.yml", 'KOWLOON_TENANT_BIND: tcp://127.0.0.1:7101\n      KOWLOON_WORKERS: "4"',
+         'KOWLOON_TENANT_BIND: tcp://127.0.0.1:7101\n      KOWLOON_WORKERS: "many"')
     p = problems_of(copy, "compose")
     assert "kowloon-config --check tenant refuses" in p and "KOWLOON_WORKERS" in p, p
 
@@ -118,19 +119,41 @@ def test_stage_unknown_variable_caught(copy):
 
 
 def test_stage_endpoints_mismatch_caught(copy):
-    f = copy / "deploy" / "stages" / "early-growth" / "gateway.env"
-    edit(f, "tcp://127.0.0.1:7101,tcp://127.0.0.1:7102", "tcp://127.0.0.1:7101")
+    f = copy / "deploy" / "stages" / "early-growth" / "common.env"
+    edit(f, "tcp://127.0.0.1:7101,tcp://127.0.0.1:7111", "tcp://127.0.0.1:7101")
+    edit(f, "tcp://127.0.0.1:7104,tcp://127.0.0.1:7114", "tcp://127.0.0.1:7104,tcp://127.0.0.1:7199")
     p = problems_of(copy, "stages")
     assert "is not the set of this host's tenant binds" in p, p
+    assert "KOWLOON_BILLING_ENDPOINTS" in p and "is not the set of this host's billing binds" in p, p
+
+
+def test_stage_threads_below_keepalive_caught(copy):
+    """civetweb holds a thread per keep-alive connection: a gateway with
+    fewer threads than nginx's idle pool leaves clients hanging."""
+    edit(copy / "deploy" / "stages" / "launch" / "gateway.env", "KOWLOON_HTTP_THREADS=192",
+         "KOWLOON_HTTP_THREADS=32")
+    p = problems_of(copy, "stages")
+    assert "KOWLOON_HTTP_THREADS=32 is below nginx's keepalive pool" in p, p
+
+
+def test_stage_service_missing_and_plaintext_bind_caught(copy):
+    d = copy / "deploy" / "stages" / "launch"
+    for f in ("flags.env", "flags-1.env", "flags-2.env"):
+        (d / f).unlink()
+    edit(d / "tenant-1.env", "KOWLOON_TENANT_BIND=tcp://127.0.0.1:7101",
+         "KOWLOON_TENANT_BIND=tcp://0.0.0.0:7101")
+    p = problems_of(copy, "stages")
+    assert "launch: starts no flags service" in p, p
+    assert "binds tcp://0.0.0.0:7101 without Curve keys" in p, p
 
 
 def test_stage_bad_value_and_orphan_file_caught(copy):
     d = copy / "deploy" / "stages" / "launch"
     edit(d / "tenant.env", "KOWLOON_WORKERS=2", "KOWLOON_WORKERS=0")
-    (d / "billing.env").write_text("KOWLOON_LOG_LEVEL=info\n")
+    (d / "reports.env").write_text("KOWLOON_LOG_LEVEL=info\n")
     p = problems_of(copy, "stages")
     assert "kowloon-config --check tenant refuses" in p and "KOWLOON_WORKERS" in p, p
-    assert "files no unit reads: billing.env" in p, p
+    assert "files no unit reads: reports.env" in p, p
 
 
 def test_stage_placeholder_must_be_refused(copy):

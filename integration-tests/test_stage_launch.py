@@ -8,15 +8,19 @@ What the docs say, and what this test does for each step:
   2. `deploy/stages/create-db.sh` creates the role and database named in
      tenant.env: the same script, with KL_PSQL pointing at the test's
      PostgreSQL instead of `runuser -u postgres -- psql`.
-  3. `systemctl enable --now kowloon-tenant@1 kowloon-gateway@1`: no systemd
-     here, so each unit's ExecStart= runs with the environment its
-     EnvironmentFile= lines give (in their order, %i = 1), read from the
-     shipped unit files themselves.
+  3. `systemctl enable --now kowloon-<service>@N ...` for every instance the
+     stage ships (tenant, flags, migration, billing, gateway; then, once
+     `kowloonctl migrate run --wait` applied the product's tables,
+     workspace): no systemd here, so each unit's ExecStart= runs with the
+     environment its EnvironmentFile= lines give (in their order), read
+     from the shipped unit files themselves.
   4. nginx with deploy/nginx/kowloon.conf and upstream-single.conf.
 The only edits are the ones a shared test machine forces, each made on the
 installed files the way a founder would edit them: PostgreSQL, Redis and
 every listening port are the test's own (free ports, a private PostgreSQL
-and Redis), the role and database get unique names, the event channel too.
+and Redis), the roles and database get unique names, the event channel too,
+the migrations directory is the checkout's, and billing talks to the Stripe
+stand-in (its keys given to install.sh as --stripe-key/--stripe-webhook-secret).
 """
 
 import json
@@ -39,6 +43,9 @@ sys.path.insert(0, os.path.join(ROOT, "deploy", "checks"))
 import nginx_runner  # noqa: E402
 
 STAGE = "launch"
+SERVICES = ("tenant", "flags", "migration", "billing", "workspace")
+harness._EXTRA_BINARIES.setdefault("migration", "services/migration/kowloon-migration")
+SK, WHSEC = "sk_test_launch_stage", "whsec_launch_stage"
 DOMAIN = "launch-saas.test"
 UNITS = os.path.join(ROOT, "deploy", "systemd")
 
@@ -103,6 +110,8 @@ class Launch:
         self.role = harness.unique("kowloon_")
         self.dbname = harness.unique("kowloon_launch_")
         self.db_created = False
+        self.app_role = None
+        self.standin, self.stripe = harness.start_stripe_standin(SK)
 
     def run(self, *cmd, **kw):
         r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=120, **kw)
@@ -112,26 +121,51 @@ class Launch:
 
     def install(self):
         self.run("bash", os.path.join(ROOT, "deploy", "stages", "install.sh"), STAGE,
-                 "--etc", self.etc, "--domain", DOMAIN)
+                 "--etc", self.etc, "--domain", DOMAIN, "--stripe-key", SK,
+                 "--stripe-webhook-secret", WHSEC)
         # This machine's PostgreSQL, Redis and ports.
         tenant_env = os.path.join(self.etc, "tenant.env")
         url = read_env(tenant_env)["KOWLOON_DATABASE_URL"]
         m = re.match(r"^postgresql://kowloon:([0-9a-f]{48})@127\.0\.0\.1:5432/kowloon$", url)
         assert m, "install.sh did not generate the database password: %s" % url
         self.db_password = m.group(1)
-        set_var(tenant_env, "KOWLOON_DATABASE_URL", "postgresql://%s:%s@%s:%d/%s" % (
-            self.role, self.db_password, self.pg.hostname, self.pg.port, self.dbname))
+        app = read_env(os.path.join(self.etc, "workspace.env"))["KOWLOON_DATABASE_URL"]
+        m = re.match(r"^postgresql://kowloon_app:([0-9a-f]{48})@127\.0\.0\.1:5432/kowloon$", app)
+        assert m and m.group(1) != self.db_password, app
+        self.app_role = harness.unique("kowloon_app_")
+        where = "%s:%d/%s" % (self.pg.hostname, self.pg.port, self.dbname)
+        for f in os.listdir(self.etc):
+            path = os.path.join(self.etc, f)
+            with open(path) as fh:
+                text = fh.read()
+            text = text.replace("postgresql://kowloon:%s@127.0.0.1:5432/kowloon" % self.db_password,
+                                "postgresql://%s:%s@%s" % (self.role, self.db_password, where))
+            text = text.replace(app, "postgresql://%s:%s@%s" % (self.app_role, m.group(1), where))
+            text = text.replace("KOWLOON_DATA_APP_ROLE=kowloon_app",
+                                "KOWLOON_DATA_APP_ROLE=" + self.app_role)
+            with open(path, "w") as fh:
+                fh.write(text)
+        set_var(os.path.join(self.etc, "migration.env"), "KOWLOON_MIGRATIONS_DIR",
+                os.path.join(ROOT, "services", "workspace", "migrations"))
+        with open(os.path.join(self.etc, "billing.env"), "a") as fh:
+            fh.write("KOWLOON_STRIPE_API_BASE=%s\n" % self.stripe)
         common = os.path.join(self.etc, "common.env")
         set_var(common, "KOWLOON_REDIS_URL", harness.env("KLTEST_REDIS_URL"))
         set_var(common, "KOWLOON_EVENTS_CHANNEL", "kltest:%s:events" % self.dbname)
         # Every instance file the stage ships gets a free port of its own.
-        self.tenant_endpoints, self.gateway_ports = {}, {}
-        for inst in instances(self.etc, "tenant"):
-            ep = "tcp://127.0.0.1:%d" % harness.free_port()
-            set_var(os.path.join(self.etc, "tenant-%s.env" % inst), "KOWLOON_TENANT_BIND", ep)
-            self.tenant_endpoints[inst] = ep
-        set_var(os.path.join(self.etc, "gateway.env"), "KOWLOON_TENANT_ENDPOINTS",
-                ",".join(self.tenant_endpoints[i] for i in sorted(self.tenant_endpoints)))
+        self.endpoints, self.gateway_ports = {}, {}
+        for svc in SERVICES:
+            eps = []
+            for inst in instances(self.etc, svc):
+                ep = "tcp://127.0.0.1:%d" % harness.free_port()
+                set_var(os.path.join(self.etc, "%s-%s.env" % (svc, inst)),
+                        "KOWLOON_%s_BIND" % svc.upper(), ep)
+                self.endpoints[(svc, inst)] = ep
+                eps.append(ep)
+            set_var(common, "KOWLOON_%s_ENDPOINTS" % svc.upper(), ",".join(eps))
+        set_var(os.path.join(self.etc, "workspace.env"), "KOWLOON_PLACEMENT_ENDPOINTS",
+                read_env(common)["KOWLOON_TENANT_ENDPOINTS"])
+        self.tenant_endpoints = {i: ep for (s_, i), ep in self.endpoints.items() if s_ == "tenant"}
         for inst in instances(self.etc, "gateway"):
             port = harness.free_port()
             set_var(os.path.join(self.etc, "gateway-%s.env" % inst), "KOWLOON_HTTP_LISTEN",
@@ -154,12 +188,16 @@ class Launch:
         out = harness.psql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = "
                            "'%s'" % self.dbname).strip()
         assert out == self.role, out
+        out = harness.psql("SELECT rolsuper, rolbypassrls, rolcreatedb, rolcanlogin FROM "
+                           "pg_roles WHERE rolname = '%s'" % self.app_role).strip()
+        assert out == "f|f|f|t", out
 
     def start(self, binary, instance):
         exe, files = unit_spec(binary)
         assert exe == "kowloon-%s" % binary, exe
-        p = harness.Proc(binary, unit_env(self.etc, files, instance),
-                         name="%s@%s" % (binary, instance)).start()
+        cls = harness.Proc if binary in ("tenant", "gateway") else harness.ExtraProc
+        p = cls(binary, unit_env(self.etc, files, instance),
+                name="%s@%s" % (binary, instance)).start()
         p.instance = instance
         self.procs.append(p)
         return p
@@ -169,8 +207,9 @@ class Launch:
             if not p.alive():
                 raise harness.HarnessError("%s exited (%s):\n%s"
                                            % (p.name, p.popen.returncode, p.tail()))
-            if p.kind == "tenant":
-                return harness.health_check(self.tenant_endpoints[p.instance], 500) == "SERVING"
+            if p.kind != "gateway":
+                return harness.health_check(self.endpoints[(p.kind, p.instance)],
+                                            500) == "SERVING"
             return harness.http(self.gateway_ports[p.instance], "GET", "/readyz", host=DOMAIN,
                                 timeout=2).status == 200
         harness.wait_until(ready, 60, 0.1, "%s ready" % p.name)
@@ -201,10 +240,14 @@ class Launch:
                     problems += p.problems(rc)
             except harness.HarnessError as e:
                 problems.append(str(e))
+        if self.standin:
+            self.standin.terminate()
+            self.standin.wait(10)
         if self.db_created:
             try:
                 harness.psql('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % self.dbname)
                 harness.psql('DROP ROLE IF EXISTS "%s"' % self.role)
+                harness.psql('DROP ROLE IF EXISTS "%s"' % self.app_role)
             except harness.HarnessError as e:
                 problems.append(str(e))
         return problems
@@ -217,12 +260,24 @@ def launch():
     try:
         st.install()
         st.create_db()
-        # As docs/operations/install.md: every instance the stage ships.
-        units = (["kowloon-tenant@%s" % i for i in instances(st.etc, "tenant")]
+        # As docs/operations/install.md: every instance the stage ships;
+        # the workspace service once the product's migrations are applied
+        # (kowloonctl migrate run --wait, after the first tenant: a run
+        # migrates the targets of the tenants that exist).
+        first = (["kowloon-%s@%s" % (s_, i) for s_ in ("tenant", "flags", "migration", "billing")
+                  for i in instances(st.etc, s_)]
                  + ["kowloon-gateway@%s" % i for i in instances(st.etc, "gateway")])
-        assert units == ["kowloon-tenant@1", "kowloon-tenant@2",
-                         "kowloon-gateway@1", "kowloon-gateway@2"], units
-        st.enable_now(*units)
+        assert first == ["kowloon-tenant@1", "kowloon-tenant@2", "kowloon-flags@1",
+                         "kowloon-flags@2", "kowloon-migration@1", "kowloon-migration@2",
+                         "kowloon-billing@1", "kowloon-billing@2",
+                         "kowloon-gateway@1", "kowloon-gateway@2"], first
+        st.enable_now(*first)
+        ctl = os.path.join(harness.env("KLTEST_BUILD_DIR"), "tools", "kowloonctl", "kowloonctl")
+        ctl_env = dict(harness.base_env(), **{k: v for k, v in read_env(
+            os.path.join(st.etc, "common.env")).items() if k.endswith("_ENDPOINTS")})
+        st.run(ctl, "tenants", "create", "first", "--status", "active", env=ctl_env)
+        st.run(ctl, "--quiet", "migrate", "run", "--wait", env=ctl_env)
+        st.enable_now(*["kowloon-workspace@%s" % i for i in instances(st.etc, "workspace")])
         st.nginx = nginx_runner.Nginx([st.gateway_ports[i] for i in sorted(st.gateway_ports)],
                                       domain=DOMAIN,
                                       workdir=os.path.join(st.tmp, "nginx")).start()
@@ -313,7 +368,8 @@ def test_rolling_restart_without_errors(launch):
     restart the process the unit names."""
     st = launch
     status, t = api(st, "POST", DOMAIN, "/admin/v1/tenants", token=st.admin_token,
-                    body={"subdomain": "rolling", "name": "Rolling", "status": "active"})
+                    body={"subdomain": "rolling", "name": "Rolling", "status": "active",
+                          "plan": "enterprise"})  # its rate limit is not under test
     assert status in (200, 201), (status, t)
     status, k = api(st, "POST", DOMAIN, "/admin/v1/tenants/%s/api-keys" % t["id"],
                     token=st.admin_token, body={"name": "rolling"})
@@ -376,11 +432,40 @@ def test_rolling_restart_without_errors(launch):
     finally:
         done.set()
         th.join(30)
-    assert restarted == ["kowloon-gateway@1", "kowloon-gateway@2",
-                         "kowloon-tenant@1", "kowloon-tenant@2"], restarted
+    assert restarted == ["kowloon-gateway@1", "kowloon-gateway@2"] + [
+        "kowloon-%s@%d" % (s_, i) for s_ in ("tenant", "flags", "workspace", "billing",
+                                            "migration") for i in (1, 2)], restarted
     assert not problems, problems
     assert count[0] > 30, count[0]
     assert not failures, "%d of %d requests failed during the rolling restart: %s" % (
         len(failures), count[0], failures[:5])
     # The upstream file is back as it was: no gateway left "down".
     assert " down;" not in open(env["KL_UPSTREAM"]).read()
+
+
+def test_whole_product_through_nginx(launch):
+    """Every service of the launch stage answers through nginx: entitlements
+    (flags), projects and advanced reports (workspace, as the application
+    role), the 403 of a starter tenant, billing (Stripe stand-in)."""
+    st = launch
+    keys = {}
+    for sub, plan in (("prod", "pro"), ("cheap", "starter")):
+        status, t = api(st, "POST", DOMAIN, "/admin/v1/tenants", token=st.admin_token,
+                        body={"subdomain": sub, "name": sub, "plan": plan, "status": "active"})
+        assert status in (200, 201), (status, t)
+        status, k = api(st, "POST", DOMAIN, "/admin/v1/tenants/%s/api-keys" % t["id"],
+                        token=st.admin_token, body={"name": "product"})
+        assert status in (200, 201), (status, k)
+        keys[sub] = k["secret"]
+    host = "prod.%s" % DOMAIN
+    status, j = api(st, "GET", host, "/api/v1/entitlements", token=keys["prod"])
+    assert status == 200 and "advanced_reports" in j["features"], (status, j)
+    status, j = api(st, "POST", host, "/api/v1/projects", token=keys["prod"],
+                    body={"name": "Launch"})
+    assert status == 200 and j["name"] == "Launch", (status, j)
+    status, j = api(st, "GET", host, "/api/advanced-reports", token=keys["prod"])
+    assert status == 200 and [p["name"] for p in j["projects"]] == ["Launch"], (status, j)
+    status, j = api(st, "GET", "cheap.%s" % DOMAIN, "/api/advanced-reports", token=keys["cheap"])
+    assert status == 403 and j["error"]["feature"] == "advanced_reports", (status, j)
+    status, j = api(st, "GET", host, "/api/v1/billing", token=keys["prod"])
+    assert status == 200, (status, j)

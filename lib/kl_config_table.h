@@ -18,8 +18,10 @@
 #define KL_PROC_FLAGS 0x04u
 #define KL_PROC_WORKSPACE 0x08u
 #define KL_PROC_BILLING 0x10u
+#define KL_PROC_MIGRATION 0x20u
 #define KL_PROC_SERVICES                                                       \
-    (KL_PROC_TENANT | KL_PROC_FLAGS | KL_PROC_WORKSPACE | KL_PROC_BILLING)
+    (KL_PROC_TENANT | KL_PROC_FLAGS | KL_PROC_WORKSPACE | KL_PROC_BILLING |    \
+     KL_PROC_MIGRATION)
 #define KL_PROC_ALL (KL_PROC_GATEWAY | KL_PROC_SERVICES)
 
 #define KL_CFG_SECRET 0x01u
@@ -58,7 +60,7 @@
     X(WORKSPACE_BIND, STR, "tcp://127.0.0.1:7103", 1, 256, NULL, 0,            \
       KL_PROC_WORKSPACE, "ZeroMQ endpoint the workspace service binds.")       \
     X(DATA_OWNER_URL, STR, NULL, 1, 4096, NULL, KL_CFG_SECRET,                 \
-      KL_PROC_WORKSPACE,                                                       \
+      KL_PROC_WORKSPACE | KL_PROC_MIGRATION,                                   \
       "libpq URL of the role that owns the product's tables and runs their "   \
       "DDL.")                                                                  \
     X(RESERVED_SUBDOMAINS, LIST,                                               \
@@ -86,7 +88,7 @@
     X(ADMIN_TOKEN, STR, NULL, 16, 4096, NULL, KL_CFG_SECRET, KL_PROC_GATEWAY,  \
       "Bearer token of the admin API (at least 16 characters).")               \
     X(TENANT_ENDPOINTS, LIST, "tcp://127.0.0.1:7101", 1, 4096, NULL, 0,        \
-      KL_PROC_GATEWAY | KL_PROC_BILLING,                                       \
+      KL_PROC_GATEWAY | KL_PROC_BILLING | KL_PROC_MIGRATION,                   \
       "Every instance of the tenant service.")                                 \
     X(FLAGS_ENDPOINTS, LIST, "tcp://127.0.0.1:7102", 1, 4096, NULL, 0,         \
       KL_PROC_GATEWAY | KL_PROC_WORKSPACE | KL_PROC_BILLING,                   \
@@ -136,6 +138,40 @@
     X(PAST_DUE_GRACE_S, INT, "604800", 0, 31536000, NULL, 0,                   \
       KL_PROC_GATEWAY | KL_PROC_BILLING,                                       \
       "How long a past_due tenant keeps access before the gateway answers "    \
-      "402.")
+      "402.")                                                                  \
+    X(MIGRATION_BIND, STR, "tcp://127.0.0.1:7105", 1, 256, NULL, 0,            \
+      KL_PROC_MIGRATION, "ZeroMQ endpoint the migration service binds.")       \
+    X(MIGRATION_ENDPOINTS, LIST, "tcp://127.0.0.1:7105", 1, 4096, NULL, 0,     \
+      KL_PROC_TENANT,                                                          \
+      "Every instance of the migration service (kowloonctl reads it too).")    \
+    X(MIGRATIONS_DIR, STR, "services/workspace/migrations", 1, 4096, NULL,     \
+      0, KL_PROC_MIGRATION,                                                    \
+      "Directory of the product's migrations, V0001__name.sql ...")            \
+    X(MIGRATION_WORKERS, INT, "4", 1, 64, NULL, 0, KL_PROC_MIGRATION,          \
+      "Tenants one migration-service instance migrates at once.")              \
+    X(MIGRATION_SHARED_SCHEMA, STR, "workspace", 1, 63, NULL, 0,               \
+      KL_PROC_MIGRATION,                                                       \
+      "Schema of the row model's shared tables (and inside tenant "            \
+      "databases).")                                                           \
+    X(MIGRATION_POLL_MS, INT, "500", 10, 60000, NULL, 0, KL_PROC_MIGRATION,    \
+      "How often an idle migration worker looks for claimable work.")          \
+    X(TENANT_DB_SERVERS, LIST, "", 0, 8192, NULL, KL_CFG_SECRET,               \
+      KL_PROC_WORKSPACE | KL_PROC_TENANT | KL_PROC_MIGRATION,                  \
+      "Database servers of database-model tenants, name=libpq-url of the "    \
+      "application role each; \"main\" defaults to DATABASE_URL's server.")  \
+    X(TENANT_DB_OWNER_SERVERS, LIST, "", 0, 8192, NULL, KL_CFG_SECRET,         \
+      KL_PROC_TENANT | KL_PROC_MIGRATION,                                      \
+      "name=libpq-url of the owner role (CREATEDB) on each database server, " \
+      "\"main\" included: schema and database tenants are provisioned "     \
+      "and moved with it.")                                                   \
+    X(PLACEMENT_ENDPOINTS, LIST, "", 0, 4096, NULL, 0, KL_PROC_WORKSPACE,      \
+      "Tenant service instances asked where a tenant's data lives; empty: "   \
+      "row model only (schema and database tenants are refused).")            \
+    X(TENANT_DB_MAX_OPEN, INT, "16", 1, 4096, NULL, 0, KL_PROC_WORKSPACE,      \
+      "Tenant-database connections a worker keeps open (least recently "      \
+      "used closed first).")                                                  \
+    X(DATA_APP_ROLE, STR, "", 0, 63, NULL, 0, KL_PROC_TENANT,                  \
+      "Role product services connect as, granted on new tenant schemas and "  \
+      "databases; empty: DATABASE_URL's user.")
 
 #endif

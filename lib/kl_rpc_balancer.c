@@ -72,17 +72,30 @@ kl_rpc_balancer_remove(kl_rpc_balancer_t *self, int slot)
         memset(&self->slots[slot], 0, sizeof self->slots[slot]);
 }
 
+/* Sort rank of a slot for one call: untried UP first, then untried
+ * ejected, then tried UP, then tried ejected; the outstanding count (never
+ * near 2^60) orders slots within a rank. */
+static uint64_t
+s_rank(bool up, bool tried)
+{
+    return ((uint64_t)(tried ? 2 : 0) + (up ? 0 : 1)) << 60;
+}
+
 size_t
 kl_rpc_balancer_order(kl_rpc_balancer_t *self, uint64_t tried, int *order)
 {
     int used[KL_RPC_BALANCER_SLOTS];
     size_t n_used = 0;
     bool any_up = false;
+    bool all_up_tried = true;
     for (int i = 0; i < KL_RPC_BALANCER_SLOTS; i++) {
         if (self->slots[i].state == KL_RPC_LB_FREE)
             continue;
         used[n_used++] = i;
-        any_up |= self->slots[i].state == KL_RPC_LB_UP;
+        if (self->slots[i].state == KL_RPC_LB_UP) {
+            any_up = true;
+            all_up_tried &= (tried >> i) & 1;
+        }
     }
     if (n_used == 0)
         return 0;
@@ -91,18 +104,23 @@ kl_rpc_balancer_order(kl_rpc_balancer_t *self, uint64_t tried, int *order)
     for (size_t k = 0; k < n_used; k++) {
         int idx = used[(start + k) % n_used];
         const s_slot_t *s = &self->slots[idx];
-        if (any_up && s->state != KL_RPC_LB_UP)
+        bool up = s->state == KL_RPC_LB_UP;
+        bool was_tried = (tried >> idx) & 1;
+        /* An ejected slot is offered when nothing is UP (panic), or to a
+         * retry that has tried every UP slot already: an untried ejected
+         * instance is a better bet than the one that just failed, and a
+         * send to one with no connection fails at once and moves on. */
+        if (!up && any_up && !(all_up_tried && !was_tried))
             continue;
-        /* Tried slots sort after all others; the outstanding count can
-         * never reach 2^62. */
-        uint64_t key =
-            ((tried >> idx) & 1 ? UINT64_C(1) << 62 : 0) + s->outstanding;
+        uint64_t key = s_rank(up, was_tried) + s->outstanding;
         /* Insertion sort is stable: equal keys keep the rotation order. */
         size_t j = n;
         while (j > 0) {
             int prev = order[j - 1];
-            uint64_t pkey = ((tried >> prev) & 1 ? UINT64_C(1) << 62 : 0) +
-                            self->slots[prev].outstanding;
+            const s_slot_t *p = &self->slots[prev];
+            uint64_t pkey =
+                s_rank(p->state == KL_RPC_LB_UP, (tried >> prev) & 1) +
+                p->outstanding;
             if (pkey <= key)
                 break;
             order[j] = prev;
@@ -111,6 +129,16 @@ kl_rpc_balancer_order(kl_rpc_balancer_t *self, uint64_t tried, int *order)
         order[j] = idx;
         n++;
     }
+    return n;
+}
+
+size_t
+kl_rpc_balancer_untried(const kl_rpc_balancer_t *self, uint64_t tried)
+{
+    size_t n = 0;
+    for (int i = 0; i < KL_RPC_BALANCER_SLOTS; i++)
+        if (self->slots[i].state != KL_RPC_LB_FREE && !((tried >> i) & 1))
+            n++;
     return n;
 }
 

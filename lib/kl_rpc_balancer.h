@@ -58,15 +58,20 @@ void kl_rpc_balancer_destroy(kl_rpc_balancer_t **self_p);
  * slot, or -1 when all are in use. */
 int kl_rpc_balancer_add(kl_rpc_balancer_t *self);
 
+/* How many slots in use are not in tried. */
+size_t kl_rpc_balancer_untried(const kl_rpc_balancer_t *self, uint64_t tried);
+
 /* Frees slot. */
 void kl_rpc_balancer_remove(kl_rpc_balancer_t *self, int slot);
 
 /*
  * Writes into order[] (room for KL_RPC_BALANCER_SLOTS) the slots to try
- * for one call, best first: UP slots not in tried, then UP slots in tried
- * (bit i = slot i), each group by outstanding calls, ties in rotation.
- * Ejected and probing slots are left out unless no slot is UP (panic).
- * Moves the rotation on. Returns how many were written.
+ * for one call, best first: UP slots not in tried (bit i = slot i), then
+ * UP slots in tried, each group by outstanding calls, ties in rotation.
+ * Ejected and probing slots are left out, except when no slot is UP
+ * (panic) and, for a retry that has tried every UP slot, the ejected ones
+ * it has not tried (offered before the tried UP ones). Moves the rotation
+ * on. Returns how many were written.
  */
 size_t kl_rpc_balancer_order(kl_rpc_balancer_t *self, uint64_t tried,
                              int *order);

@@ -1022,9 +1022,17 @@ kl_rpc_client_call_raw(kl_rpc_client_t *self, const char *method,
             atomic_fetch_add(&self->n_timeouts, 1);
         bool retry;
         if (c.not_executed) {
-            /* It did not run there: any call may go elsewhere. */
-            retry =
-                ++refused < S_MAX_NOT_EXECUTED && end - kl_now_mono_ms() > 0;
+            /* It did not run there: any call may go elsewhere, but only to
+             * an instance this call has not tried yet; with none left the
+             * refusal is the answer now, not a wait for the deadline. */
+            uint64_t after = tried;
+            if (c.endpoint >= 0)
+                after |= UINT64_C(1) << c.endpoint;
+            pthread_mutex_lock(&self->mu);
+            size_t untried = kl_rpc_balancer_untried(self->lb, after);
+            pthread_mutex_unlock(&self->mu);
+            retry = untried > 0 && ++refused < S_MAX_NOT_EXECUTED &&
+                    end - kl_now_mono_ms() > 0;
             attempt--;
         } else {
             retry = !c.never_sent && attempt + 1 < max_attempts &&

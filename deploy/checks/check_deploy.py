@@ -19,8 +19,13 @@
            deploy/stages/install.sh into a temporary folder, give every
            instance (per the units' EnvironmentFile= lines) a configuration
            `kowloon-config --check` accepts, while the gateway's files as
-           shipped (admin token placeholder) are refused; the gateway's KOWLOON_TENANT_ENDPOINTS lists
-           exactly the host's tenant instances; no file is left unread.
+           shipped (admin token placeholder) are refused; every host runs
+           the gateway and every service (SERVICES); each KOWLOON_<SVC>_ENDPOINTS
+           written inline lists exactly the host's <svc> binds (lists kept in
+           @files, between hosts, are the operator's), and a non-loopback
+           bind comes with Curve keys; the gateway's KOWLOON_HTTP_THREADS is
+           above nginx's keepalive pool (GATEWAY_THREADS_RULE); no file is
+           left unread.
   nginx    `nginx -t` on deploy/nginx/kowloon.conf with each upstream file,
            in a private prefix with a self-signed wildcard certificate.
 
@@ -42,6 +47,16 @@ ETC = "/etc/kowloon/"
 PLACEHOLDER = "CHANGE_ME"
 # Where the units expect the binaries (docs/operations/install.md).
 UNIT_BIN_DIR = "/usr/local/bin/"
+# Every Kowloon service a stage host runs besides the gateway.
+SERVICES = ("tenant", "flags", "workspace", "billing", "migration")
+# civetweb holds one gateway thread per keep-alive connection: a gateway
+# needs more threads than nginx may keep idle connections to it, which is
+# `keepalive` (of the upstream file the stage uses) per nginx worker
+# process, plus room for new connections (docs/operations/logs-metrics.md).
+NGINX_WORKERS = 4
+THREADS_HEADROOM = 32
+STAGE_UPSTREAM = {"launch": "upstream-single.conf", "early-growth": "upstream-single.conf",
+                  "scaling/app": "upstream-scaling.conf", "growth/app": "upstream-scaling.conf"}
 
 
 class Checker:
@@ -124,6 +139,31 @@ class Checker:
             if k.startswith("KOWLOON_") and k not in self.names():
                 self.fail(where, "sets %s, which is not in lib/kl_config_table.h" % k)
 
+    def upstream_keepalive(self, name):
+        """keepalive N of deploy/nginx/<name>, or None."""
+        path = os.path.join(self.root, "deploy", "nginx", name)
+        try:
+            m = re.search(r"^\s*keepalive\s+(\d+)\s*;", open(path).read(), re.M)
+        except OSError:
+            return None
+        return int(m.group(1)) if m else None
+
+    def check_threads(self, where, threads, upstream):
+        keepalive = self.upstream_keepalive(upstream)
+        if keepalive is None:
+            self.fail(where, "deploy/nginx/%s has no keepalive line" % upstream)
+            return
+        need = keepalive * NGINX_WORKERS + THREADS_HEADROOM
+        try:
+            n = int(threads)
+        except (TypeError, ValueError):
+            n = 32  # the table's default
+        if n < need:
+            self.fail(where, "KOWLOON_HTTP_THREADS=%d is below nginx's keepalive pool: %s keeps "
+                             "up to %d idle connections per worker x %d workers, + %d: want at "
+                             "least %d" % (n, upstream, keepalive, NGINX_WORKERS,
+                                           THREADS_HEADROOM, need))
+
     @staticmethod
     def process_of(binary):
         return binary[len("kowloon-"):] if binary.startswith("kowloon-") else None
@@ -197,6 +237,9 @@ class Checker:
             if not ok:
                 self.fail(where, "kowloon-config --check %s refuses its environment: %s"
                           % (self.process_of(cmd[0]), msg))
+            if cmd[0] == "kowloon-gateway":
+                self.check_threads(where, env.get("KOWLOON_HTTP_THREADS"),
+                                   "upstream-compose.conf")
             if "KOWLOON_TENANT_BIND" in env:
                 binds.add(env["KOWLOON_TENANT_BIND"])
             if "KOWLOON_TENANT_ENDPOINTS" in env:
@@ -345,14 +388,18 @@ class Checker:
             tmp = tempfile.mkdtemp(prefix="kl-stage-check-")
             try:
                 etc = os.path.join(tmp, "etc-kowloon")
-                r = subprocess.run(["bash", install, host, "--etc", etc],
+                r = subprocess.run(["bash", install, host, "--etc", etc,
+                                    "--stripe-key", "sk_test_check_deploy",
+                                    "--stripe-webhook-secret", "whsec_check_deploy"],
                                    capture_output=True, text=True, timeout=60)
                 if r.returncode != 0:
                     self.fail(shipped, "deploy/stages/install.sh %s failed: %s"
                               % (host, r.stderr.strip()))
                     continue
                 used = set()
-                binds, endpoints, listens = {}, [], {}
+                binds = {svc: {} for svc in SERVICES}
+                endpoints = {svc: [] for svc in SERVICES}
+                listens = {}
                 for unit, binary, files in units:
                     proc = self.process_of(binary or "")
                     insts = self.instances(etc, files)
@@ -380,32 +427,48 @@ class Checker:
                                 self.fail(shipped, "%s@%s starts with the files as shipped; "
                                                    "KOWLOON_ADMIN_TOKEN must be the refused "
                                                    "placeholder %s" % (binary, inst, PLACEHOLDER))
-                        if "KOWLOON_TENANT_BIND" in env:
-                            b = env["KOWLOON_TENANT_BIND"]
-                            if b in binds:
-                                self.fail(shipped, "tenant instances %s and %s both bind %s"
-                                          % (binds[b], inst, b))
-                            binds[b] = inst
-                        if "KOWLOON_TENANT_ENDPOINTS" in env:
-                            endpoints.append(set(x.strip() for x in
-                                                 env["KOWLOON_TENANT_ENDPOINTS"].split(",")))
+                        if proc in SERVICES:
+                            b = env.get("KOWLOON_%s_BIND" % proc.upper(), "")
+                            if b in binds[proc]:
+                                self.fail(shipped, "%s instances %s and %s both bind %s"
+                                          % (proc, binds[proc][b], inst, b))
+                            binds[proc][b] = inst
+                            loopback = re.match(r"tcp://(127\.|localhost:|\[::1\])", b)
+                            if b and not loopback and not env.get("KOWLOON_CURVE_SECRET_KEY_FILE"):
+                                self.fail(shipped, "%s@%s binds %s without Curve keys "
+                                                   "(KOWLOON_CURVE_SECRET_KEY_FILE)"
+                                          % (binary, inst, b))
+                        for svc in SERVICES:
+                            items = [x.strip() for x in
+                                     env.get("KOWLOON_%s_ENDPOINTS" % svc.upper(), "").split(",")
+                                     if x.strip()]
+                            if items and not any(x.startswith("@") for x in items):
+                                endpoints[svc].append(set(items))
+                        if proc == "gateway":
+                            self.check_threads("%s: %s@%s" % (os.path.relpath(shipped, self.root),
+                                                              binary, inst),
+                                               env.get("KOWLOON_HTTP_THREADS"),
+                                               STAGE_UPSTREAM.get(host, "upstream-single.conf"))
                         if "KOWLOON_HTTP_LISTEN" in env:
                             h = env["KOWLOON_HTTP_LISTEN"]
                             if h in listens:
                                 self.fail(shipped, "gateway instances %s and %s both listen on %s"
                                           % (listens[h], inst, h))
                             listens[h] = inst
-                for e in endpoints:
-                    if e != set(binds):
-                        self.fail(shipped, "KOWLOON_TENANT_ENDPOINTS %s is not the set of this "
-                                           "host's tenant binds %s" % (sorted(e), sorted(binds)))
+                for svc in SERVICES:
+                    for e in endpoints[svc]:
+                        if e != set(binds[svc]):
+                            self.fail(shipped, "KOWLOON_%s_ENDPOINTS %s is not the set of this "
+                                               "host's %s binds %s"
+                                      % (svc.upper(), sorted(e), svc, sorted(binds[svc])))
                 unused = sorted(set(f for f in os.listdir(etc) if f.endswith(".env")) - used)
                 if unused:
                     self.fail(shipped, "files no unit reads: %s" % ", ".join(unused))
                 if not listens:
                     self.fail(shipped, "starts no gateway")
-                if not binds:
-                    self.fail(shipped, "starts no tenant service")
+                for svc in SERVICES:
+                    if not binds[svc]:
+                        self.fail(shipped, "starts no %s service" % svc)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
 

@@ -62,11 +62,14 @@ _kl_as_pg() {
     if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-# kl_pg_start DIR PORT: a private cluster in DIR (created if missing),
-# listening on 127.0.0.1:PORT and on a socket in DIR/run. Superuser
-# "postgres", trust authentication on loopback only.
+# kl_pg_start DIR PORT [LISTEN [ALLOW_CIDR]]: a private cluster in DIR
+# (created if missing), listening on 127.0.0.1:PORT and on a socket in
+# DIR/run. Superuser "postgres", trust authentication on loopback only.
+# LISTEN adds an address to listen on (the multi-host tests run it inside a
+# network namespace of their own); ALLOW_CIDR adds trust for that network.
 kl_pg_start() {
-    local dir=$1 port=$2 user
+    local dir=$1 port=$2 listen=127.0.0.1 user
+    [ -n "${3:-}" ] && [ "$3" != 127.0.0.1 ] && listen="127.0.0.1,$3"
     user=$(_kl_pg_user)
     mkdir -p "$dir"
     if [ "$(id -u)" -eq 0 ]; then
@@ -80,11 +83,14 @@ kl_pg_start() {
             --encoding=UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 ||
             { cat "$dir/initdb.log" >&2; kl_die "initdb failed"; }
     fi
+    if [ -n "${4:-}" ] && ! grep -q "^host all all $4 trust" "$dir/data/pg_hba.conf"; then
+        _kl_as_pg sh -c "echo 'host all all $4 trust' >>'$dir/data/pg_hba.conf'"
+    fi
     _kl_as_pg mkdir -p "$dir/run"
     _kl_as_pg "$KL_PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir/run -c fsync=off -c max_connections=300 -c shared_buffers=128MB" \
+        -o "-c listen_addresses=$listen -p $port -k $dir/run -c fsync=off -c max_connections=300 -c shared_buffers=128MB" \
         start >/dev/null || { tail -n 20 "$dir/postgres.log" >&2; kl_die "PostgreSQL did not start"; }
-    kl_say "PostgreSQL on 127.0.0.1:$port (data: $dir/data)"
+    kl_say "PostgreSQL on $listen:$port (data: $dir/data)"
 }
 
 kl_pg_stop() {
@@ -93,11 +99,14 @@ kl_pg_stop() {
     _kl_as_pg "$KL_PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
 }
 
-# kl_redis_start DIR PORT: a private Redis on 127.0.0.1:PORT, data in DIR.
+# kl_redis_start DIR PORT [BIND]: a private Redis on 127.0.0.1:PORT, data in
+# DIR. BIND adds an address (inside a network namespace of the multi-host
+# tests; protected mode is then off, as those networks are private).
 kl_redis_start() {
-    local dir=$1 port=$2
+    local dir=$1 port=$2 bind=(--bind 127.0.0.1)
+    [ -n "${3:-}" ] && [ "$3" != 127.0.0.1 ] && bind=(--bind 127.0.0.1 "$3" --protected-mode no)
     mkdir -p "$dir"
-    redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save "" \
+    redis-server --port "$port" "${bind[@]}" --dir "$dir" --save "" \
         --appendonly no --daemonize yes --pidfile "$dir/redis.pid" \
         --logfile "$dir/redis.log" || kl_die "redis-server did not start"
     local i

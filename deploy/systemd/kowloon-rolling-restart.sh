@@ -8,8 +8,10 @@
 # Gateways, each in turn: its line in nginx's upstream gets "down" and nginx
 # reloads (gracefully: requests under way finish, new ones go to the other
 # gateway), the instance restarts, /readyz answers 200, the line is restored
-# and nginx reloads again. Tenant instances, each in turn: restart, wait
-# until its ZeroMQ port accepts connections and every gateway is ready.
+# and nginx reloads again. Then every service instance (tenant, flags,
+# workspace, billing, migration; <service>-N.env), each in turn: restart
+# (SIGTERM drains it: new calls go to the other instance), wait until its
+# ZeroMQ port accepts connections and every gateway is ready.
 #
 # Environment (defaults for a host installed by docs/operations/install.md):
 #   KL_ETC         /etc/kowloon
@@ -35,9 +37,8 @@ connect_addr() { # host:port as listened on -> host:port to connect to
 base=$(value KOWLOON_BASE_DOMAIN "$etc/gateway.env")
 [ -n "$base" ] || die "no KOWLOON_BASE_DOMAIN in $etc/gateway.env"
 
-gateways=() tenants=()
+gateways=()
 for f in "$etc"/gateway-*.env; do [ -e "$f" ] && gateways+=("$(basename "$f" .env | sed 's/^gateway-//')"); done
-for f in "$etc"/tenant-*.env; do [ -e "$f" ] && tenants+=("$(basename "$f" .env | sed 's/^tenant-//')"); done
 [ ${#gateways[@]} -ge 2 ] || die "fewer than two gateway instances in $etc: a restart would drop requests"
 [ -f "$upstream" ] || die "no nginx upstream file $upstream"
 
@@ -82,12 +83,18 @@ for g in "${gateways[@]}"; do
     say "gateway@$g: back in nginx's upstream"
     sleep 1
 done
-for t in "${tenants[@]}"; do
-    bind=$(value KOWLOON_TENANT_BIND "$etc/tenant-$t.env")
-    say "tenant@$t ($bind): restarting"
-    $restart "kowloon-tenant@$t"
-    wait_for "tenant@$t" port_open "${bind#tcp://}"
-    wait_for "the gateways" all_gateways_ready
-    sleep "$drain"
+for svc in tenant flags workspace billing migration; do
+    for f in "$etc/$svc"-*.env; do
+        [ -e "$f" ] || continue
+        i=$(basename "$f" .env | sed "s/^$svc-//")
+        bind=$(value "KOWLOON_${svc^^}_BIND" "$f")
+        say "$svc@$i ($bind): restarting"
+        $restart "kowloon-$svc@$i"
+        addr=${bind#tcp://}
+        case $addr in 0.0.0.0:* | \*:*) addr=127.0.0.1:${addr##*:} ;; esac
+        wait_for "$svc@$i" port_open "$addr"
+        wait_for "the gateways" all_gateways_ready
+        sleep "$drain"
+    done
 done
 say "every instance restarted"

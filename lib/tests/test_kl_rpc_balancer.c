@@ -152,6 +152,29 @@ test_panic_when_all_ejected(void **state)
     kl_rpc_balancer_destroy(&lb);
 }
 
+/* A retry that has tried every UP slot gets the untried ejected ones
+ * before the UP slot that just failed; a fresh call never sees them. */
+static void
+test_retry_prefers_untried_ejected(void **state)
+{
+    kl_rpc_balancer_t *lb = s_new(3);
+    kl_rpc_balancer_eject(lb, 1, 0);
+    kl_rpc_balancer_eject(lb, 2, 0);
+    int order[KL_RPC_BALANCER_SLOTS];
+    assert_int_equal(kl_rpc_balancer_order(lb, 0, order), 1);
+    assert_int_equal(order[0], 0);
+    assert_int_equal(kl_rpc_balancer_order(lb, 1u << 0, order), 3);
+    assert_true(order[0] == 1 || order[0] == 2);
+    assert_true(order[1] == 1 || order[1] == 2);
+    assert_int_equal(order[2], 0);
+    /* Every slot tried: only the UP one is offered again. */
+    assert_int_equal(kl_rpc_balancer_order(lb, 7u, order), 1);
+    assert_int_equal(order[0], 0);
+    assert_int_equal(kl_rpc_balancer_untried(lb, 7u), 0);
+    assert_int_equal(kl_rpc_balancer_untried(lb, 1u), 2);
+    kl_rpc_balancer_destroy(&lb);
+}
+
 static void
 test_slots_add_remove(void **state)
 {
@@ -185,6 +208,7 @@ main(void)
         cmocka_unit_test(test_ejection_after_consecutive_failures),
         cmocka_unit_test(test_probe_backoff_and_recovery),
         cmocka_unit_test(test_panic_when_all_ejected),
+        cmocka_unit_test(test_retry_prefers_untried_ejected),
         cmocka_unit_test(test_slots_add_remove),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

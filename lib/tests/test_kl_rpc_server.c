@@ -504,7 +504,7 @@ test_stop_drains_in_flight_calls(void **state)
         ts_sleep_ms(10);
     }
     assert_int_equal(cs.calls, N);
-    ts_sleep_ms(100); /* the submitted calls reach the server's queue */
+    ts_sleep_ms(300); /* the submitted calls reach the server's queue */
     int64_t t0 = kl_now_mono_ms();
     assert_int_equal(ts_stop(ts), 0);
     assert_true(kl_now_mono_ms() - t0 >= 500);

@@ -5,7 +5,8 @@
  *   kowloon-config --markdown      the table, for docs/configuration.md
  *   kowloon-config --names         every variable name, one a line
  *   kowloon-config --check PROC    load the settings of PROC (gateway,
- *                                  tenant, flags, workspace, billing)
+ *                                  tenant, flags, workspace, billing,
+ *                                  migration)
  *                                  from the environment; exit 1 with
  *                                  the error if one is bad
  */
@@ -17,8 +18,9 @@
 static int
 s_usage(void)
 {
-    fprintf(stderr, "usage: kowloon-config --markdown | --names | "
-                    "--check gateway|tenant|flags|workspace|billing\n");
+    fprintf(stderr,
+            "usage: kowloon-config --markdown | --names | "
+            "--check gateway|tenant|flags|workspace|billing|migration\n");
     return 2;
 }
 
@@ -40,6 +42,7 @@ main(int argc, char **argv)
                          : strcmp(argv[2], "flags") == 0     ? KL_PROC_FLAGS
                          : strcmp(argv[2], "workspace") == 0 ? KL_PROC_WORKSPACE
                          : strcmp(argv[2], "billing") == 0   ? KL_PROC_BILLING
+                         : strcmp(argv[2], "migration") == 0 ? KL_PROC_MIGRATION
                                                              : 0;
         if (!procs)
             return s_usage();

@@ -1042,11 +1042,15 @@ billing_service_new(const billing_service_opts_t *opts, kl_status_t *status)
     if (!stripe)
         return NULL;
     kl_rpc_client_opts_t topts = {.endpoints = opts->tenant_endpoints,
-                                  .n_endpoints = opts->n_tenant_endpoints};
+                                  .n_endpoints = opts->n_tenant_endpoints,
+                                  .max_message_bytes = opts->max_message_bytes,
+                                  .curve = opts->curve,
+                                  .server_public_key = opts->server_public_key};
     kl_rpc_client_t *tenant = kl_rpc_client_new(
         &kowloon__tenant__tenant_service__descriptor, &topts, status);
-    kl_rpc_client_opts_t fopts = {.endpoints = opts->flags_endpoints,
-                                  .n_endpoints = opts->n_flags_endpoints};
+    kl_rpc_client_opts_t fopts = topts;
+    fopts.endpoints = opts->flags_endpoints;
+    fopts.n_endpoints = opts->n_flags_endpoints;
     kl_rpc_client_t *flags =
         tenant ? kl_rpc_client_new(&kowloon__flags__flags_service__descriptor,
                                    &fopts, status)

@@ -34,6 +34,13 @@ typedef struct {
     const char *checkout_cancel_url;
     const char *portal_return_url;
     int64_t past_due_grace_s;
+    /* Calls to the tenant and flags services (kl_rpc_client.h): Curve
+     * keys (borrowed, must outlive the service; NULL: plaintext), the
+     * server key of endpoints without "?key=" and the reply size cap
+     * (0: default). */
+    const kl_curve_t *curve;
+    const char *server_public_key;
+    size_t max_message_bytes;
     /* Tuning (0: defaults); tests shorten them. */
     int64_t sweep_interval_ms;      /* grace sweeper period, default 5000 */
     long stripe_backoff_ms;         /* first retry wait, default 500 */

@@ -411,7 +411,7 @@ billing_store_sweep_grace(kl_pg_t *pg, int64_t grace_s, int *n,
         " true, tenant_status = 'suspended', updated_at = now() WHERE"
         " s.tenant_id IN (SELECT tenant_id FROM billing.subscriptions WHERE"
         " status = 'past_due' AND NOT grace_expired AND past_due_since > 0"
-        " AND past_due_since <= extract(epoch FROM now())::bigint - $1"
+        " AND past_due_since <= floor(extract(epoch FROM now()))::bigint - $1"
         " ORDER BY past_due_since LIMIT 100 FOR UPDATE SKIP LOCKED)"
         " RETURNING s.tenant_id)"
         " INSERT INTO billing.outbox (tenant_id, status, reason)"

@@ -6,6 +6,7 @@
 #include "billing_service.h"
 #include "kl_config.h"
 #include "kl_log.h"
+#include "kl_rpc_env.h"
 #include "kl_rpc_server.h"
 
 #include <curl/curl.h>
@@ -44,17 +45,34 @@ main(void)
         return 2;
     }
 
-    size_t n_tenant, n_flags, n_secrets;
-    const char **tenant = s_list(cfg, KL_CFG_TENANT_ENDPOINTS, &n_tenant);
-    const char **flags = s_list(cfg, KL_CFG_FLAGS_ENDPOINTS, &n_flags);
+    /* Curve keys and allow-list, drain grace, "@file" endpoint lists
+     * (docs/operations/curve.md). The tenant and flags clients are the
+     * service's own: their endpoints are read at start, not on SIGHUP. */
+    kl_rpc_env_t *rpc = kl_rpc_env_new(cfg, KL_PROC_BILLING, &status);
+    kl_rpc_client_opts_t topts = {0}, fopts = {0};
+    if (!rpc ||
+        kl_rpc_env_client_opts(rpc, KL_CFG_TENANT_ENDPOINTS, &topts, &status) <
+            0 ||
+        kl_rpc_env_client_opts(rpc, KL_CFG_FLAGS_ENDPOINTS, &fopts, &status) <
+            0) {
+        kl_log_write(KL_ERROR, "%s", status.message);
+        kl_rpc_env_destroy(&rpc);
+        kl_config_destroy(&cfg);
+        curl_global_cleanup();
+        return 2;
+    }
+    size_t n_secrets;
     const char **secrets =
         s_list(cfg, KL_CFG_STRIPE_WEBHOOK_SECRETS, &n_secrets);
     billing_service_opts_t sopts = {
         .database_url = kl_config_str(cfg, KL_CFG_DATABASE_URL),
-        .tenant_endpoints = tenant,
-        .n_tenant_endpoints = n_tenant,
-        .flags_endpoints = flags,
-        .n_flags_endpoints = n_flags,
+        .tenant_endpoints = topts.endpoints,
+        .n_tenant_endpoints = topts.n_endpoints,
+        .flags_endpoints = fopts.endpoints,
+        .n_flags_endpoints = fopts.n_endpoints,
+        .curve = topts.curve,
+        .server_public_key = topts.server_public_key,
+        .max_message_bytes = topts.max_message_bytes,
         .stripe_api_base = kl_config_str(cfg, KL_CFG_STRIPE_API_BASE),
         .stripe_secret_key = kl_config_str(cfg, KL_CFG_STRIPE_SECRET_KEY),
         .stripe_api_version = kl_config_str(cfg, KL_CFG_STRIPE_API_VERSION),
@@ -92,6 +110,9 @@ main(void)
             (size_t)kl_config_int(cfg, KL_CFG_RPC_MAX_MESSAGE_BYTES),
     };
     billing_service_server_opts(svc, &opts);
+    kl_rpc_env_server_opts(rpc, &opts);
+    if (kl_rpc_env_handle_sighup(rpc) < 0)
+        kl_log_write(KL_WARN, "SIGHUP reload unavailable");
     server = kl_rpc_server_new(&opts, &status);
     if (!server ||
         kl_rpc_server_add_service(server, billing_service_base(svc)) < 0 ||
@@ -106,8 +127,7 @@ main(void)
 done:
     kl_rpc_server_destroy(&server);
     billing_service_destroy(&svc);
-    free(tenant);
-    free(flags);
+    kl_rpc_env_destroy(&rpc);
     free(secrets);
     kl_config_destroy(&cfg);
     curl_global_cleanup();

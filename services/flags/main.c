@@ -6,6 +6,7 @@
 #include "flags_service.h"
 #include "kl_config.h"
 #include "kl_log.h"
+#include "kl_rpc_env.h"
 #include "kl_rpc_server.h"
 
 #include <signal.h>
@@ -35,7 +36,16 @@ main(void)
     };
     int rc = 1;
     kl_rpc_server_t *server = NULL;
-    flags_service_t *svc = flags_service_new(&sopts, &status);
+    flags_service_t *svc = NULL;
+    /* Curve keys and allow-list, drain grace, SIGHUP reload
+     * (docs/operations/curve.md). */
+    kl_rpc_env_t *rpc = kl_rpc_env_new(cfg, KL_PROC_FLAGS, &status);
+    if (!rpc) {
+        kl_log_write(KL_ERROR, "%s", status.message);
+        rc = 2;
+        goto done;
+    }
+    svc = flags_service_new(&sopts, &status);
     if (!svc) {
         kl_log_write(KL_ERROR, "%s", status.message);
         rc = 2;
@@ -53,6 +63,9 @@ main(void)
             (size_t)kl_config_int(cfg, KL_CFG_RPC_MAX_MESSAGE_BYTES),
     };
     flags_service_server_opts(svc, &opts);
+    kl_rpc_env_server_opts(rpc, &opts);
+    if (kl_rpc_env_handle_sighup(rpc) < 0)
+        kl_log_write(KL_WARN, "SIGHUP reload unavailable");
     server = kl_rpc_server_new(&opts, &status);
     if (!server ||
         kl_rpc_server_add_service(server, flags_service_base(svc)) < 0 ||
@@ -67,6 +80,7 @@ main(void)
 done:
     kl_rpc_server_destroy(&server);
     flags_service_destroy(&svc);
+    kl_rpc_env_destroy(&rpc);
     kl_config_destroy(&cfg);
     return rc;
 }

@@ -4,7 +4,10 @@
  */
 #include "kl_config.h"
 #include "kl_log.h"
+#include "kl_rpc_client.h"
+#include "kl_rpc_env.h"
 #include "kl_rpc_server.h"
+#include "kowloon/migration.pb-c.h"
 #include "tenant_service.h"
 
 #include <signal.h>
@@ -27,6 +30,14 @@ main(void)
     /* hiredis writes with write(2): a peer that went away must not kill
      * the process. */
     signal(SIGPIPE, SIG_IGN);
+    /* Curve keys and allow-list, drain grace, "@file" endpoint lists
+     * (docs/operations/curve.md); destroyed after the server and client. */
+    kl_rpc_env_t *rpc = kl_rpc_env_new(cfg, KL_PROC_TENANT, &status);
+    if (!rpc) {
+        kl_log_write(KL_ERROR, "%s", status.message);
+        kl_config_destroy(&cfg);
+        return 2;
+    }
 
     size_t n_reserved = kl_config_list_len(cfg, KL_CFG_RESERVED_SUBDOMAINS);
     const char **reserved =
@@ -35,6 +46,45 @@ main(void)
         abort();
     for (size_t i = 0; i < n_reserved; i++)
         reserved[i] = kl_config_list_at(cfg, KL_CFG_RESERVED_SUBDOMAINS, i);
+    size_t n_owners = kl_config_list_len(cfg, KL_CFG_TENANT_DB_OWNER_SERVERS);
+    const char **owners = calloc(n_owners + 1, sizeof *owners);
+    size_t n_migration = kl_config_list_len(cfg, KL_CFG_MIGRATION_ENDPOINTS);
+    const char **migration_endpoints =
+        calloc(n_migration + 1, sizeof *migration_endpoints);
+    if (!owners || !migration_endpoints)
+        abort();
+    for (size_t i = 0; i < n_owners; i++)
+        owners[i] = kl_config_list_at(cfg, KL_CFG_TENANT_DB_OWNER_SERVERS, i);
+    for (size_t i = 0; i < n_migration; i++)
+        migration_endpoints[i] =
+            kl_config_list_at(cfg, KL_CFG_MIGRATION_ENDPOINTS, i);
+    /* New schema and database tenants get their tables from the
+     * migration service; only needed when they are provisioned. */
+    kl_rpc_client_t *migration = NULL;
+    if (n_owners > 0 && n_migration > 0) {
+        kl_rpc_client_opts_t copts = {
+            .endpoints = migration_endpoints,
+            .n_endpoints = n_migration,
+            .max_message_bytes =
+                (size_t)kl_config_int(cfg, KL_CFG_RPC_MAX_MESSAGE_BYTES),
+        };
+        if (kl_rpc_env_client_opts(rpc, KL_CFG_MIGRATION_ENDPOINTS, &copts,
+                                   &status) == 0)
+            migration = kl_rpc_client_new(
+                &kowloon__migration__migration_service__descriptor, &copts,
+                &status);
+        if (!migration) {
+            kl_log_write(KL_ERROR, "%s: %s",
+                         kl_config_name(KL_CFG_MIGRATION_ENDPOINTS),
+                         status.message);
+            free(owners);
+            free(migration_endpoints);
+            free(reserved);
+            kl_rpc_env_destroy(&rpc);
+            kl_config_destroy(&cfg);
+            return 2;
+        }
+    }
     tenant_service_opts_t sopts = {
         .database_url = kl_config_str(cfg, KL_CFG_DATABASE_URL),
         .redis_url = kl_config_str(cfg, KL_CFG_REDIS_URL),
@@ -43,6 +93,10 @@ main(void)
         .default_isolation = kl_config_str(cfg, KL_CFG_DEFAULT_ISOLATION),
         .reserved = reserved,
         .n_reserved = n_reserved,
+        .owner_servers = owners,
+        .n_owner_servers = n_owners,
+        .app_role = kl_config_str(cfg, KL_CFG_DATA_APP_ROLE),
+        .migration = migration,
     };
     int rc = 1;
     kl_rpc_server_t *server = NULL;
@@ -64,6 +118,9 @@ main(void)
             (size_t)kl_config_int(cfg, KL_CFG_RPC_MAX_MESSAGE_BYTES),
     };
     tenant_service_server_opts(svc, &opts);
+    kl_rpc_env_server_opts(rpc, &opts);
+    if (kl_rpc_env_handle_sighup(rpc) < 0)
+        kl_log_write(KL_WARN, "SIGHUP reload unavailable");
     server = kl_rpc_server_new(&opts, &status);
     if (!server ||
         kl_rpc_server_add_service(server, tenant_service_base(svc)) < 0 ||
@@ -78,7 +135,11 @@ main(void)
 done:
     kl_rpc_server_destroy(&server);
     tenant_service_destroy(&svc);
+    kl_rpc_client_destroy(&migration);
+    free(owners);
+    free(migration_endpoints);
     free(reserved);
+    kl_rpc_env_destroy(&rpc);
     kl_config_destroy(&cfg);
     return rc;
 }

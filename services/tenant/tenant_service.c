@@ -10,8 +10,11 @@
 #include "kl_pg.h"
 #include "kl_redis.h"
 #include "kl_subdomain.h"
+#include "kowloon/migration.pb-c.h"
 #include "kowloon/tenant.pb-c.h"
 #include "tenant_apikey.h"
+#include "tenant_mover.h"
+#include "tenant_provision.h"
 #include "tenant_store.h"
 
 #include <stdio.h>
@@ -31,6 +34,15 @@ struct tenant_service {
     char *default_isolation; /* owned */
     char **reserved;         /* owned copies */
     size_t n_reserved;
+    char **owner_servers; /* owned copies, "name=url" (never logged) */
+    size_t n_owner_servers;
+    char *app_role;      /* owned; "" until found at migrate */
+    char *shared_schema; /* owned */
+    tenant_provision_migrate_fn migrate;
+    void *migrate_arg;
+    kl_rpc_client_t *migration; /* borrowed */
+    int64_t move_lock_timeout_ms;
+    tenant_provision_t *prov; /* made at migrate; NULL: no provisioning */
 };
 
 /* What each worker thread owns. */
@@ -319,6 +331,9 @@ s_tenant_msg(const tenant_row_t *row, Kowloon__Tenant__Tenant *t)
     t->created_at = (char *)row->created_at;
     t->updated_at = (char *)row->updated_at;
     t->status_changed_at = (char *)row->status_changed_at;
+    t->db_server = (char *)row->db_server;
+    t->db_name = (char *)row->db_name;
+    t->moving = row->moving;
 }
 
 static void
@@ -361,6 +376,141 @@ s_answer_tenant(const tenant_row_t *row,
     closure(&t, closure_data);
 }
 
+/* --- placement -------------------------------------------------------- */
+
+/* The database server of a new database tenant: the one asked for (it
+ * must be configured), else the configured server with the fewest live
+ * database tenants, the first listed on a tie. */
+static int
+s_pick_server(const tenant_service_t *self, s_worker_t *w, const char *asked,
+              char out[KL_TENANT_NAME_MAX], kl_status_t *status)
+{
+    const char *const *names = NULL;
+    size_t n = self->prov ? tenant_provision_servers(self->prov, &names) : 0;
+    if (!s_empty(asked)) {
+        if (n > 0 && !tenant_provision_has_server(self->prov, asked))
+            return kl_status_set(status, KL_INVALID_ARGUMENT,
+                                 "db_server \"%.64s\" is not a configured "
+                                 "database server",
+                                 asked);
+        if (n == 0 && strcmp(asked, "main") != 0)
+            return kl_status_set(status, KL_INVALID_ARGUMENT,
+                                 "db_server \"%.64s\" is not a configured "
+                                 "database server",
+                                 asked);
+        snprintf(out, KL_TENANT_NAME_MAX, "%s", asked);
+        return 0;
+    }
+    /* Fewest live database tenants first, configuration order on a tie;
+     * a server that does not answer is passed over. */
+    int64_t counts[64];
+    bool used[64] = {false};
+    if (n > 64)
+        n = 64;
+    for (size_t i = 0; i < n; i++) {
+        int rc =
+            tenant_store_count_by_server(w->pg, names[i], &counts[i], status);
+        if (rc < 0)
+            return rc;
+    }
+    if (n == 0) {
+        snprintf(out, KL_TENANT_NAME_MAX, "main");
+        return 0;
+    }
+    for (size_t round = 0; round < n; round++) {
+        size_t best = n;
+        for (size_t i = 0; i < n; i++)
+            if (!used[i] && (best == n || counts[i] < counts[best]))
+                best = i;
+        used[best] = true;
+        kl_status_t probe_st;
+        kl_pg_t *probe =
+            tenant_provision_owner(self->prov, names[best], NULL, &probe_st);
+        PGresult *res =
+            probe ? kl_pg_query(probe, NULL, "SELECT 1", 0, NULL, &probe_st)
+                  : NULL;
+        bool up = res != NULL;
+        PQclear(res);
+        kl_pg_destroy(&probe);
+        if (up) {
+            snprintf(out, KL_TENANT_NAME_MAX, "%s", names[best]);
+            return 0;
+        }
+        KL_LOG(KL_WARN, "database server \"%s\" passed over: %s", names[best],
+               probe_st.message);
+    }
+    return kl_status_set(status, KL_UNAVAILABLE, "no database server answers");
+}
+
+static int
+s_place_of(const tenant_service_t *self, const tenant_row_t *row,
+           kl_tenant_place_t *out, kl_status_t *status)
+{
+    kl_isolation_t iso;
+    int rc = kl_isolation_parse(row->isolation, &iso, status);
+    if (rc == 0)
+        rc = kl_tenant_place(row->id, iso, self->shared_schema, row->db_server,
+                             out, status);
+    return rc;
+}
+
+/* Provisions a new tenant's schema or database and fences it; on failure
+ * the tenant's record is removed again (it never existed). */
+static int
+s_provision(const tenant_service_t *self, s_worker_t *w,
+            const tenant_row_t *row, kl_status_t *status)
+{
+    if (strcmp(row->isolation, "row") == 0)
+        return 0;
+    if (!self->prov) {
+        KL_LOG(KL_WARN,
+               "tenant %s recorded as %s but not provisioned: "
+               "KOWLOON_TENANT_DB_OWNER_SERVERS is empty",
+               row->id, row->isolation);
+        return 0;
+    }
+    kl_tenant_place_t place;
+    int rc = s_place_of(self, row, &place, status);
+    if (rc == 0)
+        rc = tenant_provision_create(self->prov, &place, status);
+    if (rc == 0)
+        rc =
+            tenant_provision_fence(self->prov, row->id, row->isolation, status);
+    if (rc < 0) {
+        KL_LOG(KL_WARN, "provisioning tenant %s (%s) failed: %s", row->id,
+               row->isolation, status->message);
+        kl_status_t ignored;
+        tenant_provision_drop(self->prov, &place, &ignored);
+        if (tenant_store_purge(w->pg, row->id, &ignored) < 0)
+            KL_LOG(KL_WARN, "removing tenant %s failed: %s, ignored", row->id,
+                   ignored.message);
+        if (status->code != KL_UNAVAILABLE)
+            return kl_status_set(status, KL_INTERNAL,
+                                 "provisioning the tenant's %s failed",
+                                 row->isolation);
+    }
+    return rc;
+}
+
+/* MigrationService.ProvisionTenant: the migrate hook in production. */
+static int
+s_migrate_rpc(void *arg, const kl_tenant_place_t *place, kl_status_t *status)
+{
+    tenant_service_t *self = arg;
+    Kowloon__Migration__ProvisionTenantRequest req =
+        KOWLOON__MIGRATION__PROVISION_TENANT_REQUEST__INIT;
+    req.tenant_id = (char *)place->tenant_id;
+    req.isolation = (char *)kl_isolation_name(place->isolation);
+    kl_call_ctx_t ctx = {.tenant_id = place->tenant_id};
+    kl_call_opts_t copts = {.timeout_ms = 60000, .ctx = &ctx};
+    ProtobufCMessage *out = NULL;
+    int rc = kl_rpc_client_call(self->migration, "ProvisionTenant", &req.base,
+                                &copts, &out, status);
+    if (out)
+        protobuf_c_message_free_unpacked(out, NULL);
+    return rc;
+}
+
 /* --- handlers --------------------------------------------------------- */
 
 static void
@@ -392,9 +542,14 @@ s_create(Kowloon__Tenant__TenantService_Service *svc,
                            "status \"%.64s\" is invalid at creation: want "
                            "trialing or active",
                            status);
+    char server[KL_TENANT_NAME_MAX] = "";
+    if (rc == 0 && strcmp(isolation, "database") == 0)
+        rc = s_pick_server(self, w, in->db_server, server, &st);
     if (rc == 0)
         rc = tenant_store_create(w->pg, in->subdomain, in->name, plan,
-                                 isolation, status, &row, &st);
+                                 isolation, server, status, &row, &st);
+    if (rc == 0)
+        rc = s_provision(self, w, &row, &st);
     if (rc < 0) {
         s_fail(closure_data, "Create", &st);
         closure(NULL, closure_data);
@@ -753,6 +908,121 @@ s_resolve_api_key(Kowloon__Tenant__TenantService_Service *svc,
     closure(&out, closure_data);
 }
 
+/* Makes the mover's target the tenant's placement of record. */
+typedef struct {
+    s_worker_t *w;
+    tenant_row_t *row;
+} s_switch_t;
+
+static int
+s_switch(void *arg, const kl_tenant_place_t *to, kl_status_t *status)
+{
+    s_switch_t *sw = arg;
+    return tenant_store_set_placement(
+        sw->w->pg, to->tenant_id, kl_isolation_name(to->isolation),
+        to->db_server, to->db_name, sw->row, status);
+}
+
+static void
+s_move(Kowloon__Tenant__TenantService_Service *svc,
+       const Kowloon__Tenant__MoveTenantRequest *in,
+       Kowloon__Tenant__MoveTenantResponse_Closure closure, void *closure_data)
+{
+    tenant_service_t *self = (tenant_service_t *)svc;
+    s_worker_t *w = s_worker(closure_data);
+    kl_status_t st;
+    tenant_row_t row;
+    kl_tenant_place_t from, to;
+    kl_isolation_t target = KL_ISOLATION_ROW;
+    char server[KL_TENANT_NAME_MAX] = "";
+    tenant_mover_result_t result;
+    bool flagged = false;
+
+    int rc = s_check_uuid("id", in->id, &st);
+    if (rc == 0 && (s_empty(in->isolation) ||
+                    kl_isolation_parse(in->isolation, &target, &st) < 0 ||
+                    target == KL_ISOLATION_ROW))
+        rc = kl_status_set(&st, KL_INVALID_ARGUMENT,
+                           "isolation \"%.64s\" is invalid: want schema or "
+                           "database",
+                           in->isolation ? in->isolation : "");
+    if (rc == 0 && !self->prov)
+        rc = kl_status_set(&st, KL_FAILED_PRECONDITION,
+                           "moves need KOWLOON_TENANT_DB_OWNER_SERVERS");
+    if (rc == 0)
+        rc = tenant_store_get(w->pg, in->id, &row, &st);
+    if (rc == 0 && strcmp(row.status, "deleted") == 0)
+        rc = kl_status_set(&st, KL_FAILED_PRECONDITION, "tenant %s is deleted",
+                           row.id);
+    if (rc == 0)
+        rc = s_place_of(self, &row, &from, &st);
+    if (rc == 0 && target == KL_ISOLATION_DATABASE)
+        rc = s_pick_server(self, w, in->db_server, server, &st);
+    if (rc == 0)
+        rc = kl_tenant_place(row.id, target, self->shared_schema, server, &to,
+                             &st);
+    if (rc == 0 && from.isolation >= to.isolation)
+        rc = kl_status_set(&st, KL_FAILED_PRECONDITION,
+                           "cannot move tenant %s from %s to %s: want row -> "
+                           "schema, row -> database or schema -> database",
+                           row.id, kl_isolation_name(from.isolation),
+                           kl_isolation_name(to.isolation));
+    if (rc == 0) {
+        rc = tenant_store_set_moving(w->pg, row.id, true, &row, &st);
+        flagged = rc == 0;
+    }
+    if (rc == 0) {
+        KL_LOG(KL_INFO, "moving tenant %s from %s to %s", row.id,
+               kl_isolation_name(from.isolation),
+               kl_isolation_name(to.isolation));
+        s_publish(self, w, "tenant", row.id, row.id, row.subdomain, "moving");
+        s_switch_t sw = {w, &row};
+        rc =
+            tenant_mover_run(self->prov, &from, &to, self->move_lock_timeout_ms,
+                             s_switch, &sw, &result, &st);
+    }
+    if (rc < 0) {
+        if (flagged) {
+            kl_status_t ignored;
+            tenant_row_t back;
+            if (tenant_store_set_moving(w->pg, row.id, false, &back, &ignored) <
+                0)
+                KL_LOG(KL_ERROR, "clearing the moving flag of %s failed: %s",
+                       row.id, ignored.message);
+            s_publish(self, w, "tenant", row.id, row.id, row.subdomain,
+                      "updated");
+            KL_LOG(KL_WARN, "moving tenant %s failed, it stays in %s: %s",
+                   row.id, kl_isolation_name(from.isolation), st.message);
+        }
+        s_fail(closure_data, "Move", &st);
+        closure(NULL, closure_data);
+        return;
+    }
+    if (result.cleanup_error[0])
+        KL_LOG(KL_WARN, "tenant %s moved, old copy not removed: %s", row.id,
+               result.cleanup_error);
+    KL_LOG(KL_INFO, "tenant %s moved to %s in %lld ms", row.id, row.isolation,
+           (long long)result.elapsed_ms);
+    s_publish(self, w, "tenant", row.id, row.id, row.subdomain, "moved");
+    Kowloon__Tenant__Tenant t;
+    s_tenant_msg(&row, &t);
+    Kowloon__Tenant__TableCount counts[TENANT_MOVER_MAX_TABLES];
+    Kowloon__Tenant__TableCount *ptrs[TENANT_MOVER_MAX_TABLES];
+    for (size_t i = 0; i < result.n_counts; i++) {
+        kowloon__tenant__table_count__init(&counts[i]);
+        counts[i].table = result.counts[i].table;
+        counts[i].rows = result.counts[i].rows;
+        ptrs[i] = &counts[i];
+    }
+    Kowloon__Tenant__MoveTenantResponse out =
+        KOWLOON__TENANT__MOVE_TENANT_RESPONSE__INIT;
+    out.tenant = &t;
+    out.n_counts = result.n_counts;
+    out.counts = ptrs;
+    out.elapsed_ms = result.elapsed_ms;
+    closure(&out, closure_data);
+}
+
 /* --- object ----------------------------------------------------------- */
 
 static const Kowloon__Tenant__TenantService_Service s_base =
@@ -803,6 +1073,22 @@ tenant_service_new(const tenant_service_opts_t *opts, kl_status_t *status)
                                sizeof *self->reserved);
     for (size_t i = 0; i < opts->n_reserved; i++)
         self->reserved[i] = kl_strdup(opts->reserved[i]);
+    self->n_owner_servers = opts->n_owner_servers;
+    self->owner_servers = kl_calloc(opts->n_owner_servers + 1, sizeof(char *));
+    for (size_t i = 0; i < opts->n_owner_servers; i++)
+        self->owner_servers[i] = kl_strdup(opts->owner_servers[i]);
+    self->app_role = kl_strdup(opts->app_role ? opts->app_role : "");
+    self->shared_schema = kl_strdup(
+        s_empty(opts->shared_schema) ? "workspace" : opts->shared_schema);
+    self->migrate = opts->migrate;
+    self->migrate_arg = opts->migrate_arg;
+    self->migration = opts->migration;
+    if (!self->migrate && self->migration) {
+        self->migrate = s_migrate_rpc;
+        self->migrate_arg = self;
+    }
+    self->move_lock_timeout_ms =
+        opts->move_lock_timeout_ms > 0 ? opts->move_lock_timeout_ms : 30000;
     return self;
 }
 
@@ -820,6 +1106,12 @@ tenant_service_destroy(tenant_service_t **self_p)
     for (size_t i = 0; i < self->n_reserved; i++)
         free(self->reserved[i]);
     free(self->reserved);
+    for (size_t i = 0; i < self->n_owner_servers; i++)
+        free(self->owner_servers[i]);
+    free(self->owner_servers);
+    free(self->app_role);
+    free(self->shared_schema);
+    tenant_provision_destroy(&self->prov);
     free(self);
     *self_p = NULL;
 }
@@ -829,7 +1121,39 @@ tenant_service_migrate(const tenant_service_t *self, kl_status_t *status)
 {
     kl_pg_t *pg = kl_pg_new(self->database_url);
     int rc = tenant_store_migrate(pg, status);
+    /* Start-up, before any worker runs: the role and the provisioner are
+     * filled in here, once, so the const of the interface is only about
+     * callers. */
+    tenant_service_t *mut = (tenant_service_t *)self;
+    if (rc == 0 && self->n_owner_servers > 0 && !self->app_role[0]) {
+        PGresult *res =
+            kl_pg_query(pg, "tenant_current_user", "SELECT current_user::text",
+                        0, NULL, status);
+        rc = res ? 0 : -(int)status->code;
+        if (res) {
+            free(mut->app_role);
+            mut->app_role = kl_strdup(PQgetvalue(res, 0, 0));
+            PQclear(res);
+        }
+    }
     kl_pg_destroy(&pg);
+    if (rc == 0 && self->n_owner_servers > 0 && !self->prov) {
+        tenant_provision_opts_t popts = {
+            .owner_servers = (const char *const *)self->owner_servers,
+            .n_owner_servers = self->n_owner_servers,
+            .app_role = self->app_role,
+            .shared_schema = self->shared_schema,
+            .migrate = self->migrate,
+            .migrate_arg = self->migrate_arg,
+        };
+        mut->prov = tenant_provision_new(&popts, status);
+        if (!mut->prov)
+            return -(int)status->code;
+        if (!self->migrate)
+            KL_LOG(KL_WARN, "no migration service configured: new schema and "
+                            "database tenants get no tables");
+        rc = tenant_provision_prepare(self->prov, status);
+    }
     return rc;
 }
 

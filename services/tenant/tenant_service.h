@@ -11,7 +11,9 @@
 #define TENANT_SERVICE_H
 
 #include "kl_code.h"
+#include "kl_rpc_client.h"
 #include "kl_rpc_server.h"
+#include "tenant_provision.h"
 
 #include <protobuf-c/protobuf-c.h>
 #include <stddef.h>
@@ -24,6 +26,21 @@ typedef struct {
     const char *default_isolation; /* KOWLOON_DEFAULT_ISOLATION */
     const char *const *reserved;   /* subdomains no tenant may take */
     size_t n_reserved;
+    /* Provisioning and moves (docs/isolation.md). With no owner servers,
+     * schema and database tenants are recorded but not provisioned (a
+     * warning is logged) and Move answers FAILED_PRECONDITION. */
+    const char *const *owner_servers; /* KOWLOON_TENANT_DB_OWNER_SERVERS */
+    size_t n_owner_servers;
+    const char *app_role;      /* KOWLOON_DATA_APP_ROLE; "": found at
+                                  migrate as DATABASE_URL's current_user */
+    const char *shared_schema; /* NULL: "workspace" */
+    /* Brings a provisioned place's tables to the latest version: fn if
+     * set, else MigrationService.ProvisionTenant over migration (borrowed)
+     * if set, else nothing (the tables are then missing: a warning). */
+    tenant_provision_migrate_fn migrate;
+    void *migrate_arg;
+    kl_rpc_client_t *migration;
+    int64_t move_lock_timeout_ms; /* wait for in-flight writes; 0: 30000 */
 } tenant_service_opts_t;
 
 typedef struct tenant_service tenant_service_t;
@@ -35,7 +52,9 @@ tenant_service_t *tenant_service_new(const tenant_service_opts_t *opts,
 void tenant_service_destroy(tenant_service_t **self_p);
 
 /* Creates or upgrades schema "tenant" over a connection of its own; safe
- * when several instances start at once. */
+ * when several instances start at once. With owner servers configured,
+ * also finds the application role (if not given) and prepares the
+ * placement fence in the main database. */
 int tenant_service_migrate(const tenant_service_t *self, kl_status_t *status);
 
 /* The generated service to give kl_rpc_server_add_service; lives as long

@@ -37,6 +37,15 @@ static const kl_pg_migration_t s_migrations[] = {
         " revoked_at timestamptz);"
         "CREATE INDEX api_keys_tenant ON tenant.api_keys"
         " (tenant_id, created_at)"},
+    /* Placement (docs/isolation.md): the server of a database tenant
+     * (a name from configuration, never connection info), its database
+     * name (derived from the id), and whether a move is under way. */
+    {2, "ALTER TABLE tenant.tenants"
+        " ADD COLUMN db_server text NOT NULL DEFAULT '',"
+        " ADD COLUMN db_name text NOT NULL DEFAULT '',"
+        " ADD COLUMN moving boolean NOT NULL DEFAULT false;"
+        "CREATE INDEX tenants_db_server ON tenant.tenants (db_server)"
+        " WHERE isolation = 'database' AND status <> 'deleted'"},
 };
 
 int
@@ -54,10 +63,10 @@ tenant_store_migrate(kl_pg_t *pg, kl_status_t *status)
 /* The columns of a tenant_row_t, in order. */
 #define S_TENANT_COLS                                                                    \
     "id::text, subdomain, name, plan, status, isolation, " S_TS("created_at") ", " S_TS( \
-        "updated_at") ", " S_TS("status_changed_at") ", "                                \
-                                                     "(extract(epoch FROM "              \
+        "updated_at") ", " S_TS("status_changed_at") ", (extract(epoch FROM "            \
                                                      "created_at) * 1000000)"            \
-                                                     "::bigint"
+                                                     "::bigint, db_server, "             \
+                                                     "db_name, moving"
 
 #define S_KEY_COLS "id, tenant_id::text, name, " S_TS("created_at")
 
@@ -80,6 +89,9 @@ s_tenant_from(const PGresult *res, int row, tenant_row_t *t)
     s_copy(t->updated_at, sizeof t->updated_at, res, row, 7);
     s_copy(t->status_changed_at, sizeof t->status_changed_at, res, row, 8);
     t->created_usec = strtoll(PQgetvalue(res, row, 9), NULL, 10);
+    s_copy(t->db_server, sizeof t->db_server, res, row, 10);
+    s_copy(t->db_name, sizeof t->db_name, res, row, 11);
+    t->moving = strcmp(PQgetvalue(res, row, 12), "t") == 0;
 }
 
 static void
@@ -153,15 +165,24 @@ s_finish(kl_pg_t *pg, int rc, kl_status_t *status)
 int
 tenant_store_create(kl_pg_t *pg, const char *subdomain, const char *name,
                     const char *plan, const char *isolation,
-                    const char *tenant_status, tenant_row_t *out,
-                    kl_status_t *status)
+                    const char *db_server, const char *tenant_status,
+                    tenant_row_t *out, kl_status_t *status)
 {
-    const char *params[] = {subdomain, name, plan, isolation, tenant_status};
+    const char *params[] = {subdomain,     name,
+                            plan,          isolation,
+                            tenant_status, db_server ? db_server : ""};
+    /* The database name is derived from the id, in the same statement. */
     PGresult *res = kl_pg_query(
         pg, "tenant_create",
-        "INSERT INTO tenant.tenants (subdomain, name, plan, isolation, status)"
-        " VALUES ($1, $2, $3, $4, $5) RETURNING " S_TENANT_COLS,
-        5, params, status);
+        "WITH n AS (SELECT gen_random_uuid() AS id)"
+        " INSERT INTO tenant.tenants (id, subdomain, name, plan, isolation,"
+        " status, db_server, db_name)"
+        " SELECT n.id, $1, $2, $3, $4, $5,"
+        " CASE WHEN $4 = 'database' THEN $6 ELSE '' END,"
+        " CASE WHEN $4 = 'database' THEN 'kowloon_t_' ||"
+        "  replace(n.id::text, '-', '') ELSE '' END FROM n"
+        " RETURNING " S_TENANT_COLS,
+        6, params, status);
     if (!res) {
         /* The only unique key a caller controls is the live subdomain. */
         if (status->code == KL_ALREADY_EXISTS)
@@ -466,4 +487,90 @@ tenant_store_key_lookup(kl_pg_t *pg, const char *key_id, char tenant_id[37],
     }
     PQclear(res);
     return rc;
+}
+
+int
+tenant_store_purge(kl_pg_t *pg, const char *id, kl_status_t *status)
+{
+    PGresult *res = kl_pg_query(
+        pg, "tenant_purge",
+        "DELETE FROM tenant.tenants t WHERE t.id = $1 AND NOT EXISTS"
+        " (SELECT 1 FROM tenant.api_keys k WHERE k.tenant_id = t.id)",
+        1, (const char *const[]){id}, status);
+    if (!res)
+        return s_code(status);
+    PQclear(res);
+    return 0;
+}
+
+int
+tenant_store_set_moving(kl_pg_t *pg, const char *id, bool moving,
+                        tenant_row_t *out, kl_status_t *status)
+{
+    int rc = kl_pg_begin(pg, status);
+    if (rc < 0)
+        return rc;
+    rc = s_lock_live(pg, id, status);
+    PGresult *res = NULL;
+    if (rc == 0) {
+        /* Only one move at a time: setting the flag twice is refused. */
+        res = kl_pg_query(pg, "tenant_set_moving",
+                          "UPDATE tenant.tenants SET moving = $2::boolean,"
+                          " updated_at = now() WHERE id = $1"
+                          " AND (moving <> $2::boolean OR NOT $2::boolean)"
+                          " RETURNING " S_TENANT_COLS,
+                          2, (const char *const[]){id, moving ? "t" : "f"},
+                          status);
+        if (!res)
+            rc = s_code(status);
+        else if (PQntuples(res) == 0)
+            rc = kl_status_set(status, KL_FAILED_PRECONDITION,
+                               "tenant %s is already being moved", id);
+        else
+            s_tenant_from(res, 0, out);
+        PQclear(res);
+    }
+    if (rc < 0) {
+        kl_pg_rollback(pg);
+        return rc;
+    }
+    return kl_pg_commit(pg, status);
+}
+
+int
+tenant_store_set_placement(kl_pg_t *pg, const char *id, const char *isolation,
+                           const char *db_server, const char *db_name,
+                           tenant_row_t *out, kl_status_t *status)
+{
+    PGresult *res = kl_pg_query(
+        pg, "tenant_set_placement",
+        "UPDATE tenant.tenants SET isolation = $2, db_server = $3,"
+        " db_name = $4, moving = false, updated_at = now() WHERE id = $1"
+        " RETURNING " S_TENANT_COLS,
+        4, (const char *const[]){id, isolation, db_server, db_name}, status);
+    if (!res)
+        return s_code(status);
+    int rc = 0;
+    if (PQntuples(res) == 0)
+        rc = kl_status_set(status, KL_NOT_FOUND, "tenant %s not found", id);
+    else
+        s_tenant_from(res, 0, out);
+    PQclear(res);
+    return rc;
+}
+
+int
+tenant_store_count_by_server(kl_pg_t *pg, const char *server, int64_t *n,
+                             kl_status_t *status)
+{
+    PGresult *res = kl_pg_query(
+        pg, "tenant_count_by_server",
+        "SELECT count(*) FROM tenant.tenants WHERE isolation = 'database'"
+        " AND status <> 'deleted' AND db_server = $1",
+        1, (const char *const[]){server}, status);
+    if (!res)
+        return s_code(status);
+    *n = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    return 0;
 }

@@ -37,6 +37,9 @@ typedef struct {
     char updated_at[32];
     char status_changed_at[32];
     int64_t created_usec; /* created_at in µs since the epoch (page keys) */
+    char db_server[64];   /* database model: server name; else "" */
+    char db_name[64];     /* database model: "kowloon_t_<hex>"; else "" */
+    bool moving;          /* a move is under way */
 } tenant_row_t;
 
 /* One API key (never its secret). */
@@ -50,10 +53,31 @@ typedef struct {
 /* Creates or upgrades schema "tenant" (kl_pg_migrate). */
 int tenant_store_migrate(kl_pg_t *pg, kl_status_t *status);
 
+/* db_server: the database model's server (ignored otherwise); db_name is
+ * derived from the new id ("kowloon_t_" + its 32 hex digits). */
 int tenant_store_create(kl_pg_t *pg, const char *subdomain, const char *name,
                         const char *plan, const char *isolation,
-                        const char *tenant_status, tenant_row_t *out,
-                        kl_status_t *status);
+                        const char *db_server, const char *tenant_status,
+                        tenant_row_t *out, kl_status_t *status);
+
+/* Removes a tenant whose provisioning failed (only one that has no API
+ * key yet). */
+int tenant_store_purge(kl_pg_t *pg, const char *id, kl_status_t *status);
+
+/* Sets or clears the moving flag of a live tenant; setting it when set is
+ * FAILED_PRECONDITION "tenant <id> is already being moved". */
+int tenant_store_set_moving(kl_pg_t *pg, const char *id, bool moving,
+                            tenant_row_t *out, kl_status_t *status);
+
+/* The tenant's new placement, and moving cleared. */
+int tenant_store_set_placement(kl_pg_t *pg, const char *id,
+                               const char *isolation, const char *db_server,
+                               const char *db_name, tenant_row_t *out,
+                               kl_status_t *status);
+
+/* Live database-model tenants on server. */
+int tenant_store_count_by_server(kl_pg_t *pg, const char *server, int64_t *n,
+                                 kl_status_t *status);
 
 /* Any tenant, deleted ones too. id must be a valid UUID. */
 int tenant_store_get(kl_pg_t *pg, const char *id, tenant_row_t *out,

@@ -10,10 +10,11 @@
 #include "kl_log.h"
 #include "kl_pg.h"
 #include "kl_redis.h"
+#include "kl_tenant_db.h"
 #include "kowloon/flags.pb-c.h"
 #include "kowloon/workspace.pb-c.h"
+#include "workspace_placement.h"
 #include "workspace_store.h"
-#include "workspace_tx.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,11 +37,20 @@ struct workspace_service {
     char *events_channel;   /* owned */
     kl_rpc_client_t *flags; /* borrowed */
     int64_t flags_timeout_ms;
+    char *shared_schema; /* owned; the row model's schema */
+    char **db_servers;   /* owned "name=url" entries */
+    size_t n_db_servers;
+    size_t max_open_dbs;              /* tenant databases per worker */
+    workspace_placement_t *placement; /* owned, shared by the workers */
+    kl_events_t *events; /* tenant changes drop cached placements; NULL
+                            without Redis */
 };
 
 /* What each worker thread owns. */
 typedef struct {
-    kl_pg_t *pg;       /* application role */
+    workspace_service_t *self; /* the service, borrowed */
+    kl_tenant_db_t *tdb;       /* application role: main and tenant databases */
+    kl_pg_t *pg;       /* the open tenant-scoped transaction's, borrowed */
     kl_redis_t *redis; /* event channel (may be disabled) */
 } s_worker_t;
 
@@ -279,16 +289,63 @@ s_tenant(void *closure_data, const char **tenant_id, kl_status_t *status)
     return 0;
 }
 
-/* Tenant check, then the tenant-scoped transaction. */
+/* Tenant check, the tenant's placement, then the tenant-scoped
+ * transaction in whichever model the tenant lives. flags:
+ * KL_TENANT_TX_READ_ONLY for calls that only read (they go on while the
+ * tenant is being moved; writes answer UNAVAILABLE, retryable). */
 static int
-s_begin(void *closure_data, s_worker_t **w, kl_status_t *status)
+s_begin_ex(void *closure_data, s_worker_t **w, unsigned flags,
+           kl_status_t *status)
 {
     const char *tenant_id = NULL;
     int rc = s_tenant(closure_data, &tenant_id, status);
     if (rc < 0)
         return rc;
     *w = s_worker(closure_data);
-    return workspace_tx_begin((*w)->pg, tenant_id, status);
+    workspace_service_t *self = (*w)->self;
+    /* A placement that went stale (a move finished) is refused by the
+     * transaction itself; ask again once. */
+    for (int attempt = 0; attempt < 2; attempt++) {
+        kl_tenant_place_t place;
+        rc =
+            workspace_placement_get(self->placement, tenant_id, &place, status);
+        if (rc < 0)
+            return rc;
+        (*w)->pg = kl_tenant_tx_begin_ex((*w)->tdb, &place, flags, status);
+        if ((*w)->pg)
+            return 0;
+        rc = -(int)status->code;
+        if (strcmp(status->message, "tenant placement changed, retry") != 0)
+            break;
+        workspace_placement_drop(self->placement, tenant_id);
+    }
+    return rc;
+}
+
+static int
+s_begin(void *closure_data, s_worker_t **w, kl_status_t *status)
+{
+    return s_begin_ex(closure_data, w, 0, status);
+}
+
+static int
+s_begin_read(void *closure_data, s_worker_t **w, kl_status_t *status)
+{
+    return s_begin_ex(closure_data, w, KL_TENANT_TX_READ_ONLY, status);
+}
+
+/* Ends the transaction: commits when rc is 0 (returning the commit's
+ * result), otherwise rolls back and returns rc unchanged. */
+static int
+s_end(s_worker_t *w, int rc, kl_status_t *status)
+{
+    kl_pg_t *pg = w->pg;
+    w->pg = NULL;
+    if (rc < 0) {
+        kl_tenant_tx_rollback(w->tdb, pg);
+        return rc;
+    }
+    return kl_tenant_tx_commit(w->tdb, pg, status);
 }
 
 /* Fails the call; server-side trouble is logged, client mistakes are not. */
@@ -520,7 +577,7 @@ s_create_project(Kowloon__Workspace__WorkspaceService_Service *svc,
     if (rc == 0) {
         rc = workspace_store_project_create(w->pg, in->name, in->description,
                                             &rows, &st);
-        rc = workspace_tx_end(w->pg, rc, &st);
+        rc = s_end(w, rc, &st);
     }
     if (rc < 0) {
         s_release_project(self, ctx);
@@ -544,10 +601,10 @@ s_get_project(Kowloon__Workspace__WorkspaceService_Service *svc,
     if (rc == 0)
         rc = s_check_uuid("id", in->id, &st);
     if (rc == 0)
-        rc = s_begin(closure_data, &w, &st);
+        rc = s_begin_read(closure_data, &w, &st);
     if (rc == 0) {
         rc = workspace_store_project_get(w->pg, in->id, &rows, &st);
-        rc = workspace_tx_end(w->pg, rc, &st);
+        rc = s_end(w, rc, &st);
     }
     s_answer_project(closure_data, "GetProject", rc, &st, &rows, closure);
 }
@@ -571,10 +628,10 @@ s_list_projects(Kowloon__Workspace__WorkspaceService_Service *svc,
     if (rc == 0)
         rc = s_token_decode(in->page_token, &page, after_id, &st);
     if (rc == 0)
-        rc = s_begin(closure_data, &w, &st);
+        rc = s_begin_read(closure_data, &w, &st);
     if (rc == 0) {
         rc = workspace_store_project_list(w->pg, &page, &rows, &more, &st);
-        rc = workspace_tx_end(w->pg, rc, &st);
+        rc = s_end(w, rc, &st);
     }
     if (rc < 0) {
         workspace_store_rows_free(&rows);
@@ -631,7 +688,7 @@ s_update_project(Kowloon__Workspace__WorkspaceService_Service *svc,
     if (rc == 0) {
         rc = workspace_store_project_update(w->pg, in->id, name, description,
                                             &rows, &st);
-        rc = workspace_tx_end(w->pg, rc, &st);
+        rc = s_end(w, rc, &st);
     }
     if (rc == 0)
         s_publish(self, closure_data, "project", rows.projects[0].id,
@@ -659,7 +716,7 @@ s_delete_project(Kowloon__Workspace__WorkspaceService_Service *svc,
         rc = s_begin(closure_data, &w, &st);
     if (rc == 0) {
         rc = workspace_store_project_delete(w->pg, in->id, &st);
-        rc = workspace_tx_end(w->pg, rc, &st);
+        rc = s_end(w, rc, &st);
     }
     if (rc == 0) {
         /* Released after commit: a crash in between over-counts, which
@@ -694,7 +751,7 @@ s_create_task(Kowloon__Workspace__WorkspaceService_Service *svc,
     if (rc == 0) {
         rc = workspace_store_task_create(w->pg, in->project_id, in->title,
                                          in->notes, &rows, &st);
-        rc = workspace_tx_end(w->pg, rc, &st);
+        rc = s_end(w, rc, &st);
     }
     if (rc == 0)
         s_publish(self, closure_data, "task", rows.tasks[0].id, "created");
@@ -723,11 +780,11 @@ s_get_task(Kowloon__Workspace__WorkspaceService_Service *svc,
     if (rc == 0)
         rc = s_check_task_ref(in->project_id, in->id, &st);
     if (rc == 0)
-        rc = s_begin(closure_data, &w, &st);
+        rc = s_begin_read(closure_data, &w, &st);
     if (rc == 0) {
         rc =
             workspace_store_task_get(w->pg, in->project_id, in->id, &rows, &st);
-        rc = workspace_tx_end(w->pg, rc, &st);
+        rc = s_end(w, rc, &st);
     }
     s_answer_task(closure_data, "GetTask", rc, &st, &rows, closure);
 }
@@ -753,11 +810,11 @@ s_list_tasks(Kowloon__Workspace__WorkspaceService_Service *svc,
     if (rc == 0)
         rc = s_token_decode(in->page_token, &page, after_id, &st);
     if (rc == 0)
-        rc = s_begin(closure_data, &w, &st);
+        rc = s_begin_read(closure_data, &w, &st);
     if (rc == 0) {
         rc = workspace_store_task_list(w->pg, in->project_id, &page, &rows,
                                        &more, &st);
-        rc = workspace_tx_end(w->pg, rc, &st);
+        rc = s_end(w, rc, &st);
     }
     if (rc < 0) {
         workspace_store_rows_free(&rows);
@@ -817,7 +874,7 @@ s_update_task(Kowloon__Workspace__WorkspaceService_Service *svc,
     if (rc == 0) {
         rc = workspace_store_task_update(w->pg, in->project_id, in->id, title,
                                          notes, done, &rows, &st);
-        rc = workspace_tx_end(w->pg, rc, &st);
+        rc = s_end(w, rc, &st);
     }
     if (rc == 0)
         s_publish(self, closure_data, "task", rows.tasks[0].id, "updated");
@@ -840,7 +897,7 @@ s_delete_task(Kowloon__Workspace__WorkspaceService_Service *svc,
         rc = s_begin(closure_data, &w, &st);
     if (rc == 0) {
         rc = workspace_store_task_delete(w->pg, in->project_id, in->id, &st);
-        rc = workspace_tx_end(w->pg, rc, &st);
+        rc = s_end(w, rc, &st);
     }
     if (rc == 0)
         s_publish(self, closure_data, "task", in->id, "deleted");
@@ -867,7 +924,7 @@ s_export(Kowloon__Workspace__WorkspaceService_Service *svc,
     if (rc == 0)
         rc = s_token_decode(in->page_token, &page, after_id, &st);
     if (rc == 0)
-        rc = s_begin(closure_data, &w, &st);
+        rc = s_begin_read(closure_data, &w, &st);
     if (rc == 0) {
         /* One transaction: the page's tasks are those of its projects as
          * they were when the page was read. */
@@ -879,7 +936,7 @@ s_export(Kowloon__Workspace__WorkspaceService_Service *svc,
             rc = workspace_store_tasks_of(w->pg, ids, projects.n, &tasks, &st);
             free(ids);
         }
-        rc = workspace_tx_end(w->pg, rc, &st);
+        rc = s_end(w, rc, &st);
     }
     if (rc < 0) {
         workspace_store_rows_free(&projects);
@@ -948,10 +1005,10 @@ s_advanced_reports(Kowloon__Workspace__WorkspaceService_Service *svc,
     s_worker_t *w = NULL;
     workspace_rows_t rows = {0};
     kl_status_t st;
-    int rc = s_begin(closure_data, &w, &st);
+    int rc = s_begin_read(closure_data, &w, &st);
     if (rc == 0) {
         rc = workspace_store_reports(w->pg, &rows, &st);
-        rc = workspace_tx_end(w->pg, rc, &st);
+        rc = s_end(w, rc, &st);
     }
     if (rc < 0) {
         workspace_store_rows_free(&rows);
@@ -988,6 +1045,20 @@ s_advanced_reports(Kowloon__Workspace__WorkspaceService_Service *svc,
 
 /* --- object ----------------------------------------------------------- */
 
+/* A tenant event (moving, moved, updated, deleted) drops the tenant's
+ * cached placement; NULL (events may have been missed) drops them all.
+ * Only a hint: the fence in the database catches a stale placement even
+ * when no event arrives. */
+static void
+s_on_event(const Kowloon__Events__ChangeEvent *ev, void *user)
+{
+    workspace_service_t *self = user;
+    if (!ev)
+        workspace_placement_drop(self->placement, NULL);
+    else if (ev->kind && strcmp(ev->kind, "tenant") == 0 && ev->id && *ev->id)
+        workspace_placement_drop(self->placement, ev->id);
+}
+
 static const Kowloon__Workspace__WorkspaceService_Service s_base =
     KOWLOON__WORKSPACE__WORKSPACE_SERVICE__INIT(s_);
 
@@ -1005,6 +1076,18 @@ workspace_service_new(const workspace_service_opts_t *opts, kl_status_t *status)
                       "workspace service needs a flags client");
         return NULL;
     }
+    kl_tenant_place_t probe_place;
+    if (kl_tenant_place(
+            "00000000-0000-4000-8000-000000000000", KL_ISOLATION_ROW,
+            s_empty(opts->shared_schema) ? "workspace" : opts->shared_schema,
+            NULL, &probe_place, status) < 0)
+        return NULL;
+    /* Malformed server entries are refused now, not at the first call. */
+    kl_tenant_db_t *probe_db = kl_tenant_db_new(
+        opts->database_url, opts->db_servers, opts->n_db_servers, 1, status);
+    if (!probe_db)
+        return NULL;
+    kl_tenant_db_destroy(&probe_db);
     if (s_empty(opts->events_channel)) {
         kl_status_set(status, KL_INVALID_ARGUMENT,
                       "workspace service needs an events channel");
@@ -1026,6 +1109,25 @@ workspace_service_new(const workspace_service_opts_t *opts, kl_status_t *status)
     self->flags = opts->flags;
     self->flags_timeout_ms = opts->flags_timeout_ms > 0 ? opts->flags_timeout_ms
                                                         : S_FLAGS_TIMEOUT_MS;
+    self->shared_schema = kl_strdup(
+        s_empty(opts->shared_schema) ? "workspace" : opts->shared_schema);
+    self->n_db_servers = opts->n_db_servers;
+    self->db_servers = kl_calloc(opts->n_db_servers + 1, sizeof(char *));
+    for (size_t i = 0; i < opts->n_db_servers; i++)
+        self->db_servers[i] = kl_strdup(opts->db_servers[i]);
+    self->max_open_dbs = opts->max_open_dbs ? opts->max_open_dbs : 16;
+    workspace_placement_opts_t popts = opts->placement;
+    popts.shared_schema = self->shared_schema;
+    self->placement = workspace_placement_new(&popts);
+    if (self->redis_url[0]) {
+        /* Without it placements still expire by TTL and the fence holds. */
+        kl_status_t est;
+        self->events = kl_events_subscribe(
+            self->redis_url, self->events_channel, s_on_event, self, &est);
+        if (!self->events)
+            KL_LOG(KL_WARN, "tenant events not followed: %s, ignored",
+                   est.message);
+    }
     return self;
 }
 
@@ -1038,7 +1140,13 @@ workspace_service_destroy(workspace_service_t **self_p)
     free(self->database_url);
     free(self->owner_url);
     free(self->redis_url);
+    kl_events_destroy(&self->events);
     free(self->events_channel);
+    free(self->shared_schema);
+    for (size_t i = 0; i < self->n_db_servers; i++)
+        free(self->db_servers[i]);
+    free(self->db_servers);
+    workspace_placement_destroy(&self->placement);
     free(self);
     *self_p = NULL;
 }
@@ -1049,13 +1157,11 @@ workspace_service_prepare(const workspace_service_t *self, kl_status_t *status)
     kl_pg_t *owner = kl_pg_new(self->owner_url);
     kl_pg_t *app = kl_pg_new(self->database_url);
     char role[256];
-    int rc = workspace_store_migrate(owner, status);
+    int rc = workspace_store_current_role(app, role, sizeof role, status);
     if (rc == 0)
-        rc = workspace_store_current_role(app, role, sizeof role, status);
+        rc = workspace_store_prepare(owner, self->shared_schema, role, status);
     if (rc == 0)
-        rc = workspace_store_grant(owner, role, status);
-    if (rc == 0)
-        rc = workspace_store_check(app, status);
+        rc = workspace_store_check(app, self->shared_schema, status);
     kl_pg_destroy(&app);
     kl_pg_destroy(&owner);
     return rc;
@@ -1072,7 +1178,11 @@ s_worker_init(int index, void *user)
 {
     workspace_service_t *self = user;
     s_worker_t *w = kl_calloc(1, sizeof *w);
-    w->pg = kl_pg_new(self->database_url);
+    w->self = self;
+    /* The entries were checked in workspace_service_new. */
+    w->tdb = kl_tenant_db_new(self->database_url,
+                              (const char *const *)self->db_servers,
+                              self->n_db_servers, self->max_open_dbs, NULL);
     /* The URL was checked in workspace_service_new. */
     w->redis = kl_redis_new(self->redis_url, NULL);
     return w;
@@ -1084,7 +1194,7 @@ s_worker_fini(void *state, void *user)
     s_worker_t *w = state;
     if (!w)
         return;
-    kl_pg_destroy(&w->pg);
+    kl_tenant_db_destroy(&w->tdb);
     kl_redis_destroy(&w->redis);
     free(w);
 }
@@ -1093,8 +1203,8 @@ static bool
 s_ready(void *state, void *user)
 {
     s_worker_t *w = state;
-    PGresult *res =
-        kl_pg_query(w->pg, "workspace_ready", "SELECT 1", 0, NULL, NULL);
+    PGresult *res = kl_pg_query(kl_tenant_db_main(w->tdb), "workspace_ready",
+                                "SELECT 1", 0, NULL, NULL);
     bool ok = res != NULL;
     PQclear(res);
     return ok;

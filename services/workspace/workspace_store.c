@@ -2,105 +2,28 @@
  * workspace_store: SQL of the workspace service. Every data statement is
  * prepared once per connection (kl_pg_query) under a "workspace_" name and
  * carries no tenant condition of its own: the row-level security policies
- * add it, from the transaction's app.tenant_id.
+ * add it, from the transaction's app.tenant_id. No statement names a
+ * schema either: the tenant-scoped transaction (kl_tenant_tx_begin) sets
+ * search_path to the tenant's schema in whichever isolation model, and
+ * PostgreSQL re-plans a prepared statement when search_path changes. The
+ * tables themselves come from the versioned files in migrations/.
  */
 #include "workspace_store.h"
 
 #include "kl_alloc.h"
+#include "kl_tenant_db.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* The tenant of the current transaction, NULL when unset or empty: a NULL
- * compares unequal to everything, so no row matches and nothing errors
- * (''::uuid would raise). */
-#define S_TENANT "NULLIF(current_setting('app.tenant_id', true), '')::uuid"
-
-#define S_POLICY(table)                                                        \
-    "ALTER TABLE workspace." table " ENABLE ROW LEVEL SECURITY;"               \
-    "ALTER TABLE workspace." table " FORCE ROW LEVEL SECURITY;"                \
-    "CREATE POLICY tenant_isolation ON workspace." table                       \
-    " USING (tenant_id = " S_TENANT ") WITH CHECK (tenant_id = " S_TENANT ");"
-
-/* Schema "workspace". tenant_id defaults to the transaction's tenant, so
- * inserts never name one; the policies' WITH CHECK refuses any other. The
- * composite foreign key keeps a task inside its own tenant's project even
- * though foreign-key checks themselves ignore row-level security. */
-static const kl_pg_migration_t s_migrations[] = {
-    {1, "CREATE TABLE workspace.projects ("
-        " tenant_id uuid NOT NULL DEFAULT " S_TENANT ","
-        " id uuid NOT NULL DEFAULT gen_random_uuid(),"
-        " name text NOT NULL,"
-        " description text NOT NULL DEFAULT '',"
-        " created_at timestamptz NOT NULL DEFAULT now(),"
-        " updated_at timestamptz NOT NULL DEFAULT now(),"
-        " PRIMARY KEY (tenant_id, id));"
-        "CREATE INDEX projects_created ON workspace.projects"
-        " (tenant_id, created_at, id);"
-        "CREATE TABLE workspace.tasks ("
-        " tenant_id uuid NOT NULL DEFAULT " S_TENANT ","
-        " id uuid NOT NULL DEFAULT gen_random_uuid(),"
-        " project_id uuid NOT NULL,"
-        " title text NOT NULL,"
-        " done boolean NOT NULL DEFAULT false,"
-        " notes text NOT NULL DEFAULT '',"
-        " created_at timestamptz NOT NULL DEFAULT now(),"
-        " updated_at timestamptz NOT NULL DEFAULT now(),"
-        " PRIMARY KEY (tenant_id, id),"
-        " FOREIGN KEY (tenant_id, project_id)"
-        "  REFERENCES workspace.projects (tenant_id, id) ON DELETE CASCADE);"
-        "CREATE INDEX tasks_project_done ON workspace.tasks"
-        " (tenant_id, project_id, done);"
-        "CREATE INDEX tasks_project_created ON workspace.tasks"
-        " (tenant_id, project_id, created_at, id);" S_POLICY("projects")
-            S_POLICY("tasks")},
-};
-
-/* The tables the application role is granted; every one has the policy. */
-#define S_TABLES "workspace.projects, workspace.tasks"
-
 int
-workspace_store_migrate(kl_pg_t *owner, kl_status_t *status)
+workspace_store_prepare(kl_pg_t *owner, const char *schema,
+                        const char *app_role, kl_status_t *status)
 {
-    return kl_pg_migrate(owner, "workspace", s_migrations,
-                         sizeof s_migrations / sizeof s_migrations[0], status);
-}
-
-int
-workspace_store_grant(kl_pg_t *owner, const char *app_role, kl_status_t *status)
-{
-    PGconn *conn = kl_pg_conn(owner, status);
-    if (!conn)
-        return -(int)status->code;
-    char *q = PQescapeIdentifier(conn, app_role, strlen(app_role));
-    if (!q)
-        return kl_status_set(status, KL_INVALID_ARGUMENT,
-                             "PQescapeIdentifier() failed: %s",
-                             PQerrorMessage(conn));
-    char *sql = kl_asprintf("GRANT USAGE ON SCHEMA workspace TO %s;"
-                            "GRANT SELECT, INSERT, UPDATE, DELETE ON " S_TABLES
-                            " TO %s",
-                            q, q);
-    PQfreemem(q);
-    /* The same lock kl_pg_migrate takes: concurrent GRANTs on one object
-     * can fail with "tuple concurrently updated". */
-    int rc = kl_pg_begin(owner, status);
-    if (rc == 0) {
-        PGresult *res = kl_pg_query(
-            owner, "workspace_grant_lock",
-            "SELECT pg_advisory_xact_lock(hashtext('kowloon.migrate.' || $1))",
-            1, (const char *const[]){"workspace"}, status);
-        rc = res ? 0 : -(int)status->code;
-        PQclear(res);
-        if (rc == 0)
-            rc = kl_pg_exec(owner, sql, status);
-        if (rc < 0)
-            kl_pg_rollback(owner);
-        else
-            rc = kl_pg_commit(owner, status);
-    }
-    free(sql);
+    int rc = kl_tenant_db_grant_schema(owner, schema, app_role, status);
+    if (rc == 0)
+        rc = kl_tenant_db_prepare_main(owner, app_role, status);
     return rc;
 }
 
@@ -154,26 +77,27 @@ s_check_role(kl_pg_t *app, kl_status_t *status)
 
 /* The schema and its tables: ownership, privileges, row-level security. */
 static int
-s_check_tables(kl_pg_t *app, kl_status_t *status)
+s_check_tables(kl_pg_t *app, const char *schema, kl_status_t *status)
 {
     PGresult *res = kl_pg_query(
         app, "workspace_check_schema",
         "SELECT pg_catalog.pg_get_userbyid(n.nspowner)::text,"
         " pg_catalog.pg_has_role(current_user, n.nspowner, 'MEMBER')"
-        " FROM pg_catalog.pg_namespace n WHERE n.nspname = 'workspace'",
-        0, NULL, status);
+        " FROM pg_catalog.pg_namespace n WHERE n.nspname = $1",
+        1, (const char *const[]){schema}, status);
     if (!res)
         return -(int)status->code;
     int rc = 0;
     if (PQntuples(res) != 1)
         rc = kl_status_set(status, KL_FAILED_PRECONDITION,
-                           "schema workspace does not exist: migrations have "
-                           "not run");
+                           "schema %s does not exist: migrations have "
+                           "not run",
+                           schema);
     else if (s_true(res, 0, 1))
         rc = kl_status_set(status, KL_FAILED_PRECONDITION,
-                           "application role owns schema workspace (owner "
+                           "application role owns schema %s (owner "
                            "\"%s\"): use a role that owns nothing",
-                           PQgetvalue(res, 0, 0));
+                           schema, PQgetvalue(res, 0, 0));
     PQclear(res);
     if (rc < 0)
         return rc;
@@ -190,9 +114,9 @@ s_check_tables(kl_pg_t *app, kl_status_t *status)
         "  'TRUNCATE, REFERENCES, TRIGGER')"
         " FROM pg_catalog.pg_class c"
         " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname = 'workspace' AND c.relkind IN ('r', 'p')"
+        " WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')"
         " ORDER BY c.relname",
-        0, NULL, status);
+        1, (const char *const[]){schema}, status);
     if (!res)
         return -(int)status->code;
     int found = 0;
@@ -202,37 +126,38 @@ s_check_tables(kl_pg_t *app, kl_status_t *status)
             found++;
         if (s_true(res, i, 2))
             rc = kl_status_set(status, KL_FAILED_PRECONDITION,
-                               "application role owns table workspace.%s "
+                               "application role owns table %s.%s "
                                "(owner \"%s\"): use a role that owns nothing",
-                               table, PQgetvalue(res, i, 1));
+                               schema, table, PQgetvalue(res, i, 1));
         else if (s_true(res, i, 5))
             rc = kl_status_set(status, KL_FAILED_PRECONDITION,
                                "application role has TRUNCATE, REFERENCES or "
-                               "TRIGGER on workspace.%s: row-level security "
+                               "TRIGGER on %s.%s: row-level security "
                                "does not govern them",
-                               table);
+                               schema, table);
         /* A table the role cannot touch at all (schema_migrations) holds
          * no tenant data it could see; every other one must be forced. */
         else if (s_true(res, i, 4) && !s_true(res, i, 3))
             rc = kl_status_set(status, KL_FAILED_PRECONDITION,
-                               "table workspace.%s does not have row-level "
+                               "table %s.%s does not have row-level "
                                "security enabled and forced",
-                               table);
+                               schema, table);
     }
     PQclear(res);
     if (rc == 0 && found != 2)
         rc = kl_status_set(status, KL_FAILED_PRECONDITION,
-                           "tables workspace.projects and workspace.tasks "
-                           "are missing: migrations have not run");
+                           "tables %s.projects and %s.tasks "
+                           "are missing: migrations have not run",
+                           schema, schema);
     return rc;
 }
 
 int
-workspace_store_check(kl_pg_t *app, kl_status_t *status)
+workspace_store_check(kl_pg_t *app, const char *schema, kl_status_t *status)
 {
     int rc = s_check_role(app, status);
     if (rc == 0)
-        rc = s_check_tables(app, status);
+        rc = s_check_tables(app, schema, status);
     return rc;
 }
 
@@ -331,14 +256,13 @@ s_project_exists(kl_pg_t *pg, const char *id, bool lock, kl_status_t *status)
     const char *params[] = {id};
     /* FOR KEY SHARE keeps the project from being deleted until the
      * transaction ends, so a task is never added to a vanishing one. */
-    PGresult *res =
-        lock ? kl_pg_query(pg, "workspace_project_lock",
-                           "SELECT 1 FROM workspace.projects WHERE id = $1"
-                           " FOR KEY SHARE",
-                           1, params, status)
-             : kl_pg_query(pg, "workspace_project_exists",
-                           "SELECT 1 FROM workspace.projects WHERE id = $1", 1,
-                           params, status);
+    PGresult *res = lock ? kl_pg_query(pg, "workspace_project_lock",
+                                       "SELECT 1 FROM projects WHERE id = $1"
+                                       " FOR KEY SHARE",
+                                       1, params, status)
+                         : kl_pg_query(pg, "workspace_project_exists",
+                                       "SELECT 1 FROM projects WHERE id = $1",
+                                       1, params, status);
     if (!res)
         return -(int)status->code;
     int rc = PQntuples(res) == 0 ? kl_status_set(status, KL_NOT_FOUND,
@@ -356,11 +280,11 @@ workspace_store_project_create(kl_pg_t *pg, const char *name,
                                kl_status_t *status)
 {
     const char *params[] = {name, description ? description : ""};
-    PGresult *res = kl_pg_query(
-        pg, "workspace_project_create",
-        "INSERT INTO workspace.projects (name, description) VALUES ($1, $2)"
-        " RETURNING " S_PROJECT_COLS,
-        2, params, status);
+    PGresult *res =
+        kl_pg_query(pg, "workspace_project_create",
+                    "INSERT INTO projects (name, description) VALUES ($1, $2)"
+                    " RETURNING " S_PROJECT_COLS,
+                    2, params, status);
     if (!res)
         return -(int)status->code;
     s_projects(res, 1, out);
@@ -372,10 +296,10 @@ workspace_store_project_get(kl_pg_t *pg, const char *id, workspace_rows_t *out,
                             kl_status_t *status)
 {
     const char *params[] = {id};
-    PGresult *res = kl_pg_query(pg, "workspace_project_get",
-                                "SELECT " S_PROJECT_COLS
-                                " FROM workspace.projects WHERE id = $1",
-                                1, params, status);
+    PGresult *res =
+        kl_pg_query(pg, "workspace_project_get",
+                    "SELECT " S_PROJECT_COLS " FROM projects WHERE id = $1", 1,
+                    params, status);
     if (!res)
         return -(int)status->code;
     return s_one(res, true, "project", id, out, status);
@@ -393,7 +317,7 @@ workspace_store_project_list(kl_pg_t *pg, const workspace_page_t *page,
                             page->after ? page->after_id : NULL};
     PGresult *res =
         kl_pg_query(pg, "workspace_project_list",
-                    "SELECT " S_PROJECT_COLS " FROM workspace.projects"
+                    "SELECT " S_PROJECT_COLS " FROM projects"
                     " WHERE $2::bigint IS NULL OR " S_AFTER(
                         "2", "3") " ORDER BY created_at, id LIMIT $1",
                     3, params, status);
@@ -413,7 +337,7 @@ workspace_store_project_update(kl_pg_t *pg, const char *id, const char *name,
     const char *params[] = {id, name, description};
     PGresult *res = kl_pg_query(
         pg, "workspace_project_update",
-        "UPDATE workspace.projects SET name = COALESCE($2, name),"
+        "UPDATE projects SET name = COALESCE($2, name),"
         " description = COALESCE($3, description), updated_at = now()"
         " WHERE id = $1 RETURNING " S_PROJECT_COLS,
         3, params, status);
@@ -426,9 +350,9 @@ int
 workspace_store_project_delete(kl_pg_t *pg, const char *id, kl_status_t *status)
 {
     const char *params[] = {id};
-    PGresult *res = kl_pg_query(pg, "workspace_project_delete",
-                                "DELETE FROM workspace.projects WHERE id = $1",
-                                1, params, status);
+    PGresult *res =
+        kl_pg_query(pg, "workspace_project_delete",
+                    "DELETE FROM projects WHERE id = $1", 1, params, status);
     if (!res)
         return -(int)status->code;
     int rc =
@@ -450,11 +374,10 @@ workspace_store_task_create(kl_pg_t *pg, const char *project_id,
     if (rc < 0)
         return rc;
     const char *params[] = {project_id, title, notes ? notes : ""};
-    PGresult *res =
-        kl_pg_query(pg, "workspace_task_create",
-                    "INSERT INTO workspace.tasks (project_id, title, notes)"
-                    " VALUES ($1, $2, $3) RETURNING " S_TASK_COLS,
-                    3, params, status);
+    PGresult *res = kl_pg_query(pg, "workspace_task_create",
+                                "INSERT INTO tasks (project_id, title, notes)"
+                                " VALUES ($1, $2, $3) RETURNING " S_TASK_COLS,
+                                3, params, status);
     if (!res)
         return -(int)status->code;
     s_tasks(res, 1, out);
@@ -490,7 +413,7 @@ workspace_store_task_get(kl_pg_t *pg, const char *project_id, const char *id,
 {
     const char *params[] = {project_id, id};
     PGresult *res = kl_pg_query(pg, "workspace_task_get",
-                                "SELECT " S_TASK_COLS " FROM workspace.tasks"
+                                "SELECT " S_TASK_COLS " FROM tasks"
                                 " WHERE project_id = $1 AND id = $2",
                                 2, params, status);
     if (!res)
@@ -511,13 +434,13 @@ workspace_store_task_list(kl_pg_t *pg, const char *project_id,
     snprintf(usec, sizeof usec, "%lld", (long long)page->after_usec);
     const char *params[] = {project_id, limit, page->after ? usec : NULL,
                             page->after ? page->after_id : NULL};
-    PGresult *res = kl_pg_query(
-        pg, "workspace_task_list",
-        "SELECT " S_TASK_COLS " FROM workspace.tasks WHERE project_id = $1"
-        " AND ($3::bigint IS NULL OR " S_AFTER(
-            "3", "4") ")"
-                      " ORDER BY created_at, id LIMIT $2",
-        4, params, status);
+    PGresult *res =
+        kl_pg_query(pg, "workspace_task_list",
+                    "SELECT " S_TASK_COLS " FROM tasks WHERE project_id = $1"
+                    " AND ($3::bigint IS NULL OR " S_AFTER(
+                        "3", "4") ")"
+                                  " ORDER BY created_at, id LIMIT $2",
+                    4, params, status);
     if (!res)
         return -(int)status->code;
     size_t n = (size_t)PQntuples(res);
@@ -537,7 +460,7 @@ workspace_store_task_update(kl_pg_t *pg, const char *project_id, const char *id,
                                      : "false"};
     PGresult *res = kl_pg_query(
         pg, "workspace_task_update",
-        "UPDATE workspace.tasks SET title = COALESCE($3, title),"
+        "UPDATE tasks SET title = COALESCE($3, title),"
         " notes = COALESCE($4, notes), done = COALESCE($5::boolean, done),"
         " updated_at = now() WHERE project_id = $1 AND id = $2"
         " RETURNING " S_TASK_COLS,
@@ -552,10 +475,10 @@ workspace_store_task_delete(kl_pg_t *pg, const char *project_id, const char *id,
                             kl_status_t *status)
 {
     const char *params[] = {project_id, id};
-    PGresult *res = kl_pg_query(
-        pg, "workspace_task_delete",
-        "DELETE FROM workspace.tasks WHERE project_id = $1 AND id = $2", 2,
-        params, status);
+    PGresult *res =
+        kl_pg_query(pg, "workspace_task_delete",
+                    "DELETE FROM tasks WHERE project_id = $1 AND id = $2", 2,
+                    params, status);
     if (!res)
         return -(int)status->code;
     bool none = strcmp(PQcmdTuples(res), "0") == 0;
@@ -580,7 +503,7 @@ workspace_store_tasks_of(kl_pg_t *pg, const char *const *project_ids, size_t n,
     array[len++] = '}';
     const char *params[] = {array};
     PGresult *res = kl_pg_query(pg, "workspace_tasks_of",
-                                "SELECT " S_TASK_COLS " FROM workspace.tasks"
+                                "SELECT " S_TASK_COLS " FROM tasks"
                                 " WHERE project_id = ANY ($1::uuid[])"
                                 " ORDER BY project_id, created_at, id",
                                 1, params, status);
@@ -598,7 +521,7 @@ workspace_store_reports(kl_pg_t *pg, workspace_rows_t *out, kl_status_t *status)
         kl_pg_query(pg, "workspace_reports",
                     "SELECT p.id::text, p.name, count(t.id),"
                     " count(t.id) FILTER (WHERE t.done)"
-                    " FROM workspace.projects p LEFT JOIN workspace.tasks t"
+                    " FROM projects p LEFT JOIN tasks t"
                     " ON t.tenant_id = p.tenant_id AND t.project_id = p.id"
                     " GROUP BY p.tenant_id, p.id ORDER BY p.created_at, p.id",
                     0, NULL, status);

@@ -1,14 +1,21 @@
 /*
- * workspace_store: the workspace service's tables in schema "workspace" —
- * projects and their tasks, one row per tenant's object, isolated by
- * row-level security (the row model) — and the start-up work around them:
- * migrations and grants (as the owner role) and the catalog check (as the
- * application role).
+ * workspace_store: the workspace service's tables — projects and their
+ * tasks, one row per tenant's object — and the start-up work around them:
+ * the shared schema's grants (as the owner role) and the catalog check (as
+ * the application role).
+ *
+ * The tables are created by the versioned SQL files in
+ * services/workspace/migrations/ (V0001__create_projects.sql, ...), applied
+ * by kowloon-migration to the shared schema (row model), to each tenant
+ * schema (schema model) and to the shared schema inside each tenant
+ * database (database model). Every table keeps tenant_id and a forced
+ * row-level security policy in every model.
  *
  * Data functions run inside a tenant-scoped transaction opened by the
- * caller (workspace_tx_begin) on a connection of the application role. No
- * statement names a tenant: the policies filter every read and check every
- * write against app.tenant_id, so another tenant's rows are invisible and
+ * caller (kl_tenant_tx_begin) on a connection of the application role,
+ * which sets search_path and app.tenant_id. No statement names a tenant or
+ * a schema: the policies filter every read and check every write against
+ * app.tenant_id, so another tenant's rows are invisible and
  * indistinguishable from rows that do not exist. Inputs are validated by
  * the caller (workspace_service).
  *
@@ -81,16 +88,13 @@ typedef struct {
 
 /* --- start-up ----------------------------------------------------------- */
 
-/* As the owner role: creates or upgrades schema "workspace"
- * (kl_pg_migrate): tables, indexes, row-level security enabled and forced,
- * and the tenant policies. */
-int workspace_store_migrate(kl_pg_t *owner, kl_status_t *status);
-
-/* As the owner role, under the migration lock: GRANT USAGE on the schema
- * and SELECT, INSERT, UPDATE, DELETE on its tables to app_role (quoted
- * here with PQescapeIdentifier). Idempotent; run at every start. */
-int workspace_store_grant(kl_pg_t *owner, const char *app_role,
-                          kl_status_t *status);
+/* As the owner role, on the main database: creates schema (the row
+ * model's shared schema) if missing, grants app_role USAGE and SELECT,
+ * INSERT, UPDATE, DELETE on its tables now and later
+ * (kl_tenant_db_grant_schema), and prepares the move fence
+ * (kl_tenant_db_prepare_main). Idempotent; run at every start. */
+int workspace_store_prepare(kl_pg_t *owner, const char *schema,
+                            const char *app_role, kl_status_t *status);
 
 /* The role a connection runs as (SELECT current_user) into out. */
 int workspace_store_current_role(kl_pg_t *pg, char *out, size_t out_size,
@@ -98,11 +102,13 @@ int workspace_store_current_role(kl_pg_t *pg, char *out, size_t out_size,
 
 /* As the application role: FAILED_PRECONDITION, naming the problem, when
  * the role is a superuser or has BYPASSRLS, owns (or is a member of the
- * owner of) schema workspace or any table in it, holds TRUNCATE,
+ * owner of) schema (a tenant or shared schema) or any table in it, holds
+ * TRUNCATE,
  * REFERENCES or TRIGGER on one (RLS does not govern them), or when a
  * table it can use lacks row-level security enabled and forced. Reads
  * pg_catalog only. */
-int workspace_store_check(kl_pg_t *app, kl_status_t *status);
+int workspace_store_check(kl_pg_t *app, const char *schema,
+                          kl_status_t *status);
 
 /* --- data: inside a tenant-scoped transaction ---------------------------- */
 

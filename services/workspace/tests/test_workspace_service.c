@@ -15,6 +15,7 @@
 #include "kowloon/rpc.pb-c.h"
 #include "kowloon/workspace.pb-c.h"
 #include "workspace_service.h"
+#include "workspace_store.h"
 #include "ws_fixture.h"
 
 #include <fcntl.h>
@@ -97,6 +98,9 @@ s_start(s_instance_t *in, kl_rpc_client_t *flags)
         .redis_url = ws.redis_url,
         .events_channel = s_channel,
         .flags = flags,
+        /* Placements from the fixture: every tenant in this run's model,
+         * provisioned on first sight (the tenant service's role). */
+        .placement = {.fn = ws_placement},
     };
     memset(in, 0, sizeof *in);
     in->svc = workspace_service_new(&opts, &st);
@@ -232,18 +236,12 @@ s_assert_time(const char *s)
     assert_int_equal(z, 'Z');
 }
 
-/* Rows of tenant in table, counted as the superuser (RLS bypassed). */
+/* Rows of tenant in table, counted as the superuser (RLS bypassed), in
+ * the tenant's placement. */
 static long
 s_rows(const char *table, const char *tenant)
 {
-    char *sql =
-        kl_asprintf("SELECT count(*) FROM workspace.%s WHERE tenant_id = '%s'",
-                    table, tenant);
-    char *v = ws_value(ws.super_url, sql);
-    long n = strtol(v, NULL, 10);
-    free(v);
-    free(sql);
-    return n;
+    return ws_rows(table, tenant);
 }
 
 /* --- events ------------------------------------------------------------- */
@@ -332,6 +330,7 @@ s_group_setup(void **state)
     kl_log_init("workspace-test", KL_WARN);
     if (ws_fixture_setup("workspace_service") < 0)
         return -1;
+    ws_prepare_shared();
     snprintf(s_channel, sizeof s_channel, "kltest:workspace:%d", (int)getpid());
     kl_status_t st;
     s_events =
@@ -916,8 +915,8 @@ test_failed_insert_releases(void **state)
     char c[37];
     ws_uuid(c);
     /* The owner makes one name fail in the database, after validation. */
-    ws_exec(ws.owner_url, "ALTER TABLE workspace.projects ADD CONSTRAINT"
-                          " test_no_boom CHECK (name <> 'boom')");
+    ws_owner_exec(c, "ALTER TABLE projects ADD CONSTRAINT"
+                     " test_no_boom CHECK (name <> 'boom')");
     s_create_job_t job = {.tenant = c};
     s_create_job(&job);
     assert_int_equal(job.rc, 0);
@@ -927,8 +926,7 @@ test_failed_insert_releases(void **state)
     req.name = "boom";
     kl_status_t st;
     int rc = s_call_on(&s_ws, c, S_THREE, "CreateProject", &req, NULL, &st);
-    ws_exec(ws.owner_url, "ALTER TABLE workspace.projects DROP CONSTRAINT"
-                          " test_no_boom");
+    ws_owner_exec(c, "ALTER TABLE projects DROP CONSTRAINT test_no_boom");
     assert_int_equal(rc, -KL_INVALID_ARGUMENT);
     assert_int_equal(s_used(c, S_THREE), 1);
     assert_int_equal(s_rows("projects", c), 1);
@@ -1256,9 +1254,47 @@ test_binary_refuses_unsafe_roles(void **state)
     free(log);
 }
 
-int
-main(void)
+/* The catalog check in the tenant's own schema (and database): the
+ * application role owns nothing there, has no BYPASSRLS, and every table
+ * it can use has row-level security enabled and forced. */
+static void
+test_catalog_in_model(void **state)
 {
+    char a[37];
+    ws_uuid(a);
+    Kowloon__Workspace__Project *p = s_project(a, "catalog", "");
+    s_free(p);
+    kl_tenant_place_t place;
+    kl_status_t st;
+    assert_int_equal(ws_placement(NULL, a, &place, &st), 0);
+    assert_int_equal(place.isolation, ws_model);
+    char *url = place.isolation == KL_ISOLATION_DATABASE
+                    ? kl_tenant_db_conninfo(ws.app_url, place.db_name, &st)
+                    : kl_strdup(ws.app_url);
+    kl_pg_t *pg = kl_pg_new(url);
+    if (workspace_store_check(pg, place.schema, &st) < 0)
+        fail_msg("check %s: %s", place.schema, st.message);
+    /* The owner of the tenant's schema is the owner role, not the app. */
+    PGresult *r = kl_pg_query(
+        pg, NULL,
+        "SELECT count(*) FROM pg_catalog.pg_class c"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = $1 AND c.relkind = 'r'"
+        " AND (pg_catalog.pg_has_role(current_user, c.relowner, 'MEMBER')"
+        "  OR NOT (c.relrowsecurity AND c.relforcerowsecurity))"
+        " AND pg_catalog.has_table_privilege(c.oid, 'SELECT')",
+        1, (const char *const[]){place.schema}, &st);
+    assert_non_null(r);
+    assert_string_equal(PQgetvalue(r, 0, 0), "0");
+    PQclear(r);
+    kl_pg_destroy(&pg);
+    free(url);
+}
+
+int
+main(int argc, char **argv)
+{
+    ws_fixture_model(argc, argv);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_projects_crud),
         cmocka_unit_test(test_tasks_crud),
@@ -1272,6 +1308,7 @@ main(void)
         cmocka_unit_test(test_export_pages),
         cmocka_unit_test(test_reports),
         cmocka_unit_test(test_binary_refuses_unsafe_roles),
+        cmocka_unit_test(test_catalog_in_model),
     };
     return cmocka_run_group_tests(tests, s_group_setup, s_group_teardown);
 }

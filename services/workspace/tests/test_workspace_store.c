@@ -7,8 +7,8 @@
 #include "kl_alloc.h"
 #include "kl_log.h"
 #include "kl_pg.h"
+#include "kl_tenant_db.h"
 #include "workspace_store.h"
-#include "workspace_tx.h"
 #include "ws_fixture.h"
 
 #include <setjmp.h>
@@ -27,16 +27,7 @@ s_setup(void **state)
     kl_log_init("workspace-test", KL_WARN);
     if (ws_fixture_setup("workspace_store") < 0)
         return -1;
-    kl_status_t st;
-    kl_pg_t *owner = kl_pg_new(ws.owner_url);
-    int rc = workspace_store_migrate(owner, &st);
-    if (rc == 0)
-        rc = workspace_store_grant(owner, ws.app, &st);
-    kl_pg_destroy(&owner);
-    if (rc < 0) {
-        fprintf(stderr, "migrate/grant: %s\n", st.message);
-        return -1;
-    }
+    ws_prepare_shared();
     return 0;
 }
 
@@ -52,7 +43,7 @@ static int
 s_check_as(const char *url, kl_status_t *st)
 {
     kl_pg_t *pg = kl_pg_new(url);
-    int rc = workspace_store_check(pg, st);
+    int rc = workspace_store_check(pg, "workspace", st);
     kl_pg_destroy(&pg);
     return rc;
 }
@@ -231,20 +222,32 @@ test_refuses_truncate(void **state)
     assert_int_equal(s_check_as(ws.app_url, &st), 0);
 }
 
-/* Migrations and grants run at every start: a second run changes nothing. */
+/* The grants run at every start: a second run changes nothing, and a
+ * table without row-level security (a migration ledger) is never granted. */
 static void
 test_migrate_grant_again(void **state)
 {
     kl_status_t st;
+    ws_exec(ws.owner_url, "CREATE TABLE workspace.kl_schema_history"
+                          " (version int PRIMARY KEY)");
     kl_pg_t *owner = kl_pg_new(ws.owner_url);
-    assert_int_equal(workspace_store_migrate(owner, &st), 0);
-    assert_int_equal(workspace_store_grant(owner, ws.app, &st), 0);
+    assert_int_equal(workspace_store_prepare(owner, "workspace", ws.app, &st),
+                     0);
+    assert_int_equal(workspace_store_prepare(owner, "workspace", ws.app, &st),
+                     0);
     kl_pg_destroy(&owner);
-    char *v = ws_value(ws.super_url, "SELECT string_agg(version::text, ',')"
-                                     " FROM workspace.schema_migrations");
-    assert_string_equal(v, "1");
+    char *sql = kl_asprintf(
+        "SELECT string_agg(c.relname || ':' ||"
+        " has_table_privilege('%s', c.oid, 'SELECT')::text, ',' ORDER BY"
+        " c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid ="
+        " c.relnamespace WHERE n.nspname = 'workspace' AND c.relkind = 'r'",
+        ws.app);
+    char *v = ws_value(ws.super_url, sql);
+    free(sql);
+    assert_string_equal(v, "kl_schema_history:false,projects:true,tasks:true");
     free(v);
     assert_int_equal(s_check_as(ws.app_url, &st), 0);
+    ws_exec(ws.owner_url, "DROP TABLE workspace.kl_schema_history");
 }
 
 /* A connection of the application role with no app.tenant_id set (or an
@@ -256,21 +259,27 @@ test_no_tenant_sees_nothing(void **state)
     ws_uuid(a);
     ws_uuid(b);
     kl_status_t st;
-    kl_pg_t *pg = kl_pg_new(ws.app_url);
+    kl_tenant_db_t *tdb = kl_tenant_db_new(ws.app_url, NULL, 0, 2, &st);
+    assert_non_null(tdb);
     const char *tenants[] = {a, b};
     for (int i = 0; i < 2; i++) {
         workspace_rows_t p = {0}, t = {0};
-        assert_int_equal(workspace_tx_begin(pg, tenants[i], &st), 0);
+        kl_tenant_place_t place;
+        assert_int_equal(kl_tenant_place(tenants[i], KL_ISOLATION_ROW,
+                                         "workspace", NULL, &place, &st),
+                         0);
+        kl_pg_t *pg = kl_tenant_tx_begin(tdb, &place, &st);
+        assert_non_null(pg);
         assert_int_equal(
             workspace_store_project_create(pg, "seen", "", &p, &st), 0);
         assert_int_equal(workspace_store_task_create(pg, p.projects[0].id,
                                                      "task", "", &t, &st),
                          0);
-        assert_int_equal(workspace_tx_end(pg, 0, &st), 0);
+        assert_int_equal(kl_tenant_tx_commit(tdb, pg, &st), 0);
         workspace_store_rows_free(&p);
         workspace_store_rows_free(&t);
     }
-    kl_pg_destroy(&pg);
+    kl_tenant_db_destroy(&tdb);
 
     /* The rows are there (the superuser bypasses RLS)... */
     char *v = ws_value(ws.super_url,

@@ -1,0 +1,657 @@
+/*
+ * kl_tenant_db against a real PostgreSQL (KLTEST_PG_URL, a superuser):
+ * each run makes its own main database, an owner role and an application
+ * role (LOGIN NOSUPERUSER NOBYPASSRLS, owns nothing), a row-model table in
+ * schema "shared", a tenant schema and tenant databases, and drops them
+ * all at the end. Every table carries tenant_id and a forced RLS policy,
+ * as the product's tables do in every model.
+ */
+#include "kl_alloc.h"
+#include "kl_tenant_db.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+static char *s_admin;    /* KLTEST_PG_URL */
+static char s_db[64];    /* this run's main database */
+static char s_owner[64]; /* owner role */
+static char s_app[64];   /* application role */
+static char *s_super_db; /* superuser on s_db */
+static char *s_owner_db; /* owner on s_db */
+static char *s_app_db;   /* application role on s_db */
+
+/* Tenants: A and B in the row model, S in the schema model, D1..D3 in the
+ * database model. */
+static const char *s_a = "0a0a0a0a-0000-4000-8000-00000000000a";
+static const char *s_b = "0b0b0b0b-0000-4000-8000-00000000000b";
+static char s_s[37], s_d1[37], s_d2[37], s_d3[37];
+
+/* A keyword=value conninfo equal to url but for dbname and user (NULL:
+ * keep). Caller frees. */
+static char *
+s_conninfo(const char *url, const char *dbname, const char *user)
+{
+    char *err = NULL;
+    PQconninfoOption *opts = PQconninfoParse(url, &err);
+    if (!opts)
+        fail_msg("bad KLTEST_PG_URL: %s", err ? err : "?");
+    size_t cap = 1024, len = 0;
+    char *out = kl_calloc(1, cap);
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        const char *v = o->val;
+        if (dbname && strcmp(o->keyword, "dbname") == 0)
+            v = dbname;
+        if (user && strcmp(o->keyword, "user") == 0)
+            v = user;
+        if (user && strcmp(o->keyword, "password") == 0)
+            v = NULL;
+        if (!v)
+            continue;
+        while (len + strlen(o->keyword) + 2 * strlen(v) + 8 > cap) {
+            cap *= 2;
+            out = kl_realloc(out, cap);
+        }
+        len += (size_t)sprintf(out + len, "%s='", o->keyword);
+        for (const char *p = v; *p; p++) {
+            if (*p == '\'' || *p == '\\')
+                out[len++] = '\\';
+            out[len++] = *p;
+        }
+        out[len++] = '\'';
+        out[len++] = ' ';
+        out[len] = '\0';
+    }
+    PQconninfoFree(opts);
+    return out;
+}
+
+static void
+s_exec(const char *url, const char *sql)
+{
+    PGconn *c = PQconnectdb(url);
+    if (PQstatus(c) != CONNECTION_OK)
+        fail_msg("connect: %s", PQerrorMessage(c));
+    PGresult *r = PQexec(c, sql);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK &&
+        PQresultStatus(r) != PGRES_TUPLES_OK)
+        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
+    PQclear(r);
+    PQfinish(c);
+}
+
+static void
+s_uuid(char out[37])
+{
+    uint8_t b[16];
+    FILE *f = fopen("/dev/urandom", "rb");
+    assert_non_null(f);
+    assert_int_equal(fread(b, 1, sizeof b, f), sizeof b);
+    fclose(f);
+    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
+    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
+    snprintf(out, 37,
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x"
+             "%02x",
+             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10],
+             b[11], b[12], b[13], b[14], b[15]);
+}
+
+/* The product-like table, created unqualified in the search_path schema. */
+#define S_TABLE                                                                \
+    "CREATE TABLE items (tenant_id uuid NOT NULL DEFAULT"                      \
+    " NULLIF(current_setting('app.tenant_id', true), '')::uuid,"               \
+    " label text NOT NULL);"                                                   \
+    "ALTER TABLE items ENABLE ROW LEVEL SECURITY;"                             \
+    "ALTER TABLE items FORCE ROW LEVEL SECURITY;"                              \
+    "CREATE POLICY t ON items USING (tenant_id = NULLIF(current_setting("      \
+    "'app.tenant_id', true), '')::uuid) WITH CHECK (tenant_id = "              \
+    "NULLIF(current_setting('app.tenant_id', true), '')::uuid);"
+
+/* As the owner on url: schema name (already quoted) with the table, the
+ * application role granted. */
+static void
+s_make_schema(const char *url, const char *quoted)
+{
+    char *sql =
+        kl_asprintf("CREATE SCHEMA %s; SET search_path = %s; " S_TABLE
+                    "GRANT USAGE ON SCHEMA %s TO %s;"
+                    "GRANT SELECT, INSERT, UPDATE, DELETE ON items TO %s",
+                    quoted, quoted, quoted, s_app, s_app);
+    s_exec(url, sql);
+    free(sql);
+}
+
+/* Database kowloon_t_<hex> of tenant id, owned by the owner role, with
+ * schema "shared" and the table. */
+static void
+s_make_tenant_db(const char *id)
+{
+    kl_tenant_place_t p;
+    kl_status_t st;
+    assert_int_equal(
+        kl_tenant_place(id, KL_ISOLATION_DATABASE, "shared", "main", &p, &st),
+        0);
+    char *sql = kl_asprintf("CREATE DATABASE %s OWNER %s", p.db_name, s_owner);
+    s_exec(s_admin, sql);
+    free(sql);
+    char *url = s_conninfo(s_admin, p.db_name, s_owner);
+    s_make_schema(url, "shared");
+    free(url);
+}
+
+static int
+s_setup(void **state)
+{
+    (void)state;
+    const char *pg = getenv("KLTEST_PG_URL");
+    if (!pg || !*pg) {
+        fprintf(stderr, "test_kl_tenant_db needs PostgreSQL: set "
+                        "KLTEST_PG_URL=postgresql://postgres@127.0.0.1:PORT/"
+                        "postgres (a superuser; see deploy/local/lib.sh "
+                        "kl_pg_start)\n");
+        return -1;
+    }
+    s_admin = kl_strdup(pg);
+    long stamp = (long)time(NULL) % 100000000;
+    snprintf(s_db, sizeof s_db, "kltest_tdb_%d_%ld", (int)getpid(), stamp);
+    snprintf(s_owner, sizeof s_owner, "kltest_tdb_own_%d", (int)getpid());
+    snprintf(s_app, sizeof s_app, "kltest_tdb_app_%d", (int)getpid());
+    char *sql =
+        kl_asprintf("CREATE ROLE %s LOGIN NOSUPERUSER NOBYPASSRLS CREATEDB;"
+                    "CREATE ROLE %s LOGIN NOSUPERUSER NOBYPASSRLS",
+                    s_owner, s_app);
+    s_exec(s_admin, sql);
+    free(sql);
+    sql = kl_asprintf("CREATE DATABASE %s OWNER %s", s_db, s_owner);
+    s_exec(s_admin, sql);
+    free(sql);
+    s_super_db = s_conninfo(s_admin, s_db, NULL);
+    s_owner_db = s_conninfo(s_admin, s_db, s_owner);
+    s_app_db = s_conninfo(s_admin, s_db, s_app);
+    s_make_schema(s_owner_db, "shared");
+    s_uuid(s_s);
+    s_uuid(s_d1);
+    s_uuid(s_d2);
+    s_uuid(s_d3);
+    kl_tenant_place_t p;
+    kl_status_t st;
+    assert_int_equal(
+        kl_tenant_place(s_s, KL_ISOLATION_SCHEMA, "shared", NULL, &p, &st), 0);
+    s_make_schema(s_owner_db, p.schema);
+    s_make_tenant_db(s_d1);
+    s_make_tenant_db(s_d2);
+    s_make_tenant_db(s_d3);
+    kl_pg_t *owner = kl_pg_new(s_owner_db);
+    if (kl_tenant_db_prepare_main(owner, s_app, &st) < 0)
+        fail_msg("prepare_main: %s", st.message);
+    /* Twice: it is idempotent. */
+    assert_int_equal(kl_tenant_db_prepare_main(owner, s_app, &st), 0);
+    kl_pg_destroy(&owner);
+    return 0;
+}
+
+static int
+s_teardown(void **state)
+{
+    (void)state;
+    if (!s_admin)
+        return 0;
+    const char *ids[] = {s_d1, s_d2, s_d3};
+    for (size_t i = 0; i < 3; i++) {
+        kl_tenant_place_t p;
+        kl_status_t st;
+        if (kl_tenant_place(ids[i], KL_ISOLATION_DATABASE, "shared", "main", &p,
+                            &st) == 0) {
+            char *sql = kl_asprintf("DROP DATABASE IF EXISTS %s WITH (FORCE)",
+                                    p.db_name);
+            s_exec(s_admin, sql);
+            free(sql);
+        }
+    }
+    char *sql = kl_asprintf("DROP DATABASE IF EXISTS %s WITH (FORCE)", s_db);
+    s_exec(s_admin, sql);
+    free(sql);
+    sql = kl_asprintf("DROP ROLE IF EXISTS %s; DROP ROLE IF EXISTS %s", s_app,
+                      s_owner);
+    s_exec(s_admin, sql);
+    free(sql);
+    KL_FREE(&s_admin);
+    KL_FREE(&s_super_db);
+    KL_FREE(&s_owner_db);
+    KL_FREE(&s_app_db);
+    return 0;
+}
+
+/* A kl_tenant_db of the application role with servers "main" (default),
+ * "db2" (the same server under another name) and "down" (nobody listens). */
+static kl_tenant_db_t *
+s_tdb(size_t max_open)
+{
+    /* The application role on each server; the database is the tenant's. */
+    char *app_server = s_conninfo(s_admin, "postgres", s_app);
+    char *db2_app = kl_asprintf("db2=%s", app_server);
+    char *main_app = kl_asprintf("main=%s", app_server);
+    const char *servers[] = {main_app, db2_app,
+                             "down=postgresql://nobody@127.0.0.1:1/postgres"};
+    kl_status_t st;
+    kl_tenant_db_t *t = kl_tenant_db_new(s_app_db, servers, 3, max_open, &st);
+    if (!t)
+        fail_msg("kl_tenant_db_new: %s", st.message);
+    free(db2_app);
+    free(main_app);
+    free(app_server);
+    return t;
+}
+
+static kl_tenant_place_t
+s_place(const char *id, kl_isolation_t iso, const char *server)
+{
+    kl_tenant_place_t p;
+    kl_status_t st;
+    if (kl_tenant_place(id, iso, "shared", server, &p, &st) < 0)
+        fail_msg("kl_tenant_place: %s", st.message);
+    return p;
+}
+
+/* The single value of sql in a transaction scoped to p. */
+static char *
+s_scoped_value(kl_tenant_db_t *t, const kl_tenant_place_t *p, const char *sql)
+{
+    kl_status_t st;
+    kl_pg_t *pg = kl_tenant_tx_begin(t, p, &st);
+    if (!pg)
+        fail_msg("begin %s: %s", p->tenant_id, st.message);
+    PGresult *r = kl_pg_query(pg, NULL, sql, 0, NULL, &st);
+    if (!r)
+        fail_msg("%s: %s", sql, st.message);
+    char *v = kl_strdup(PQgetisnull(r, 0, 0) ? "<null>" : PQgetvalue(r, 0, 0));
+    PQclear(r);
+    assert_int_equal(kl_tenant_tx_commit(t, pg, &st), 0);
+    return v;
+}
+
+static void
+s_scoped_exec(kl_tenant_db_t *t, const kl_tenant_place_t *p, const char *sql)
+{
+    free(s_scoped_value(t, p, sql));
+}
+
+/* --- pure functions ------------------------------------------------------ */
+
+static void
+test_names_and_places(void **state)
+{
+    (void)state;
+    kl_isolation_t iso;
+    kl_status_t st;
+    assert_int_equal(kl_isolation_parse("schema", &iso, &st), 0);
+    assert_int_equal(iso, KL_ISOLATION_SCHEMA);
+    assert_int_equal(kl_isolation_parse("Schema", &iso, &st),
+                     -KL_INVALID_ARGUMENT);
+    assert_string_equal(st.message,
+                        "isolation must be row, schema or database");
+    assert_int_equal(kl_isolation_parse(NULL, &iso, &st), -KL_INVALID_ARGUMENT);
+    assert_string_equal(kl_isolation_name(KL_ISOLATION_DATABASE), "database");
+
+    kl_tenant_place_t p;
+    const char *id = "12345678-9abc-4def-8123-456789abcdef";
+    assert_int_equal(
+        kl_tenant_place(id, KL_ISOLATION_ROW, "workspace", NULL, &p, &st), 0);
+    assert_string_equal(p.schema, "workspace");
+    assert_string_equal(p.db_name, "");
+    assert_int_equal(
+        kl_tenant_place(id, KL_ISOLATION_SCHEMA, "workspace", NULL, &p, &st),
+        0);
+    assert_string_equal(p.schema, "t_123456789abc4def8123456789abcdef");
+    assert_int_equal(
+        kl_tenant_place(id, KL_ISOLATION_DATABASE, "workspace", "db2", &p, &st),
+        0);
+    assert_string_equal(p.schema, "workspace");
+    assert_string_equal(p.db_server, "db2");
+    assert_string_equal(p.db_name,
+                        "kowloon_t_123456789abc4def8123456789abcdef");
+    assert_int_equal(kl_tenant_place_check(&p, &st), 0);
+
+    /* Hostile ids and names never make a placement. */
+    const char *bad_ids[] = {"12345678-9ABC-4DEF-8123-456789ABCDEF",
+                             "x\"; DROP SCHEMA public; --",
+                             "12345678-9abc-4def-8123-456789abcde", "",
+                             "12345678-9abc-4def-8123-456789abcdé"};
+    for (size_t i = 0; i < sizeof bad_ids / sizeof bad_ids[0]; i++)
+        assert_int_equal(kl_tenant_place(bad_ids[i], KL_ISOLATION_SCHEMA,
+                                         "workspace", NULL, &p, &st),
+                         -KL_INVALID_ARGUMENT);
+    assert_int_equal(kl_tenant_place(id, KL_ISOLATION_DATABASE, "workspace",
+                                     "db2\"; --", &p, &st),
+                     -KL_INVALID_ARGUMENT);
+    assert_int_equal(
+        kl_tenant_place(id, KL_ISOLATION_DATABASE, "workspace", NULL, &p, &st),
+        -KL_INVALID_ARGUMENT);
+    assert_int_equal(
+        kl_tenant_place(id, KL_ISOLATION_ROW, "Work\"space", NULL, &p, &st),
+        -KL_INVALID_ARGUMENT);
+
+    /* A forged placement (a schema not derived from the id) is refused. */
+    assert_int_equal(
+        kl_tenant_place(id, KL_ISOLATION_SCHEMA, "workspace", NULL, &p, &st),
+        0);
+    snprintf(p.schema, sizeof p.schema, "t_\"; DROP TABLE x; --");
+    assert_int_equal(kl_tenant_place_check(&p, &st), -KL_INVALID_ARGUMENT);
+    snprintf(p.schema, sizeof p.schema, "t_0b0b0b0b000040008000000000000b");
+    assert_int_equal(kl_tenant_place_check(&p, &st), -KL_INVALID_ARGUMENT);
+}
+
+static void
+test_servers_and_conninfo(void **state)
+{
+    (void)state;
+    kl_status_t st;
+    const char *servers[] = {"main=postgresql://a@h1/x",
+                             "db2=host=h2 user=b password='s3cr;e t'"};
+    const char *url;
+    size_t len;
+    assert_int_equal(kl_tenant_server_find(servers, 2, "db2", &url, &len, &st),
+                     0);
+    assert_string_equal(url, "host=h2 user=b password='s3cr;e t'");
+    assert_int_equal(kl_tenant_server_find(servers, 2, "db3", &url, &len, &st),
+                     -KL_NOT_FOUND);
+    assert_string_equal(st.message, "database server \"db3\" unknown");
+
+    char *ci = kl_tenant_db_conninfo(servers[1] + 4, "kowloon_t_ab", &st);
+    assert_non_null(ci);
+    assert_non_null(strstr(ci, "dbname='kowloon_t_ab'"));
+    assert_non_null(strstr(ci, "host='h2'"));
+    free(ci);
+    /* A quote in a database name stays inside its value. */
+    ci = kl_tenant_db_conninfo("postgresql://a@h1/x", "x' host='evil", &st);
+    assert_non_null(ci);
+    assert_non_null(strstr(ci, "dbname='x\\' host=\\'evil'"));
+    assert_null(strstr(ci, "dbname='x'"));
+    free(ci);
+    assert_null(
+        kl_tenant_db_conninfo("host=a password=s3cret bogus=1", "d", &st));
+    assert_string_equal(st.message, "database server URL is malformed");
+
+    /* Malformed and duplicate entries. */
+    const char *bad1[] = {"nourl"};
+    assert_null(kl_tenant_db_new("dbname=x", bad1, 1, 4, &st));
+    assert_int_equal(st.code, KL_INVALID_ARGUMENT);
+    const char *bad2[] = {"a=dbname=x", "a=dbname=y"};
+    assert_null(kl_tenant_db_new("dbname=x", bad2, 2, 4, &st));
+    assert_string_equal(st.message, "database server \"a\" listed twice");
+    const char *bad3[] = {"A\"b=dbname=x"};
+    assert_null(kl_tenant_db_new("dbname=x", bad3, 1, 4, &st));
+    assert_null(kl_tenant_db_new("", NULL, 0, 4, &st));
+}
+
+/* --- the three models --------------------------------------------------- */
+
+static void
+test_row_model_scope(void **state)
+{
+    (void)state;
+    kl_tenant_db_t *t = s_tdb(4);
+    kl_tenant_place_t a = s_place(s_a, KL_ISOLATION_ROW, NULL);
+    kl_tenant_place_t b = s_place(s_b, KL_ISOLATION_ROW, NULL);
+    s_scoped_exec(t, &a, "INSERT INTO items (label) VALUES ('a1') RETURNING 1");
+    s_scoped_exec(t, &a, "INSERT INTO items (label) VALUES ('a2') RETURNING 1");
+    s_scoped_exec(t, &b, "INSERT INTO items (label) VALUES ('b1') RETURNING 1");
+
+    char *v = s_scoped_value(t, &a,
+                             "SELECT string_agg(label, ',' ORDER BY "
+                             "label) FROM items");
+    assert_string_equal(v, "a1,a2");
+    free(v);
+    v = s_scoped_value(t, &b, "SELECT string_agg(label, ',') FROM items");
+    assert_string_equal(v, "b1");
+    free(v);
+
+    /* A forged tenant id in a write is refused by the policy. */
+    kl_status_t st;
+    kl_pg_t *pg = kl_tenant_tx_begin(t, &a, &st);
+    assert_non_null(pg);
+    char *sql = kl_asprintf("INSERT INTO items (tenant_id, label) VALUES "
+                            "('%s', 'forged')",
+                            s_b);
+    assert_null(kl_pg_query(pg, NULL, sql, 0, NULL, &st));
+    free(sql);
+    kl_tenant_tx_rollback(t, pg);
+    /* ... and a forged read or update finds nothing. */
+    sql = kl_asprintf("WITH u AS (UPDATE items SET label = 'x' WHERE "
+                      "tenant_id = '%s' RETURNING 1) SELECT count(*) FROM u",
+                      s_b);
+    v = s_scoped_value(t, &a, sql);
+    assert_string_equal(v, "0");
+    free(v);
+    free(sql);
+
+    /* No leak across transactions on the same connection: after commit
+     * the scope and search_path are gone, so no rows are visible. */
+    kl_pg_t *main = kl_tenant_db_main(t);
+    PGresult *r = kl_pg_query(
+        main, NULL,
+        "SELECT coalesce(current_setting('app.tenant_id', true), ''),"
+        " current_setting('search_path'),"
+        " (SELECT count(*) FROM shared.items)",
+        0, NULL, &st);
+    if (!r)
+        fail_msg("%s", st.message);
+    assert_string_equal(PQgetvalue(r, 0, 0), "");
+    assert_string_equal(PQgetvalue(r, 0, 1), "\"$user\", public");
+    assert_string_equal(PQgetvalue(r, 0, 2), "0");
+    PQclear(r);
+    /* A rolled-back transaction leaves nothing behind either. */
+    pg = kl_tenant_tx_begin(t, &a, &st);
+    assert_non_null(pg);
+    kl_tenant_tx_rollback(t, pg);
+    r = kl_pg_query(main, NULL,
+                    "SELECT coalesce(current_setting('app.tenant_id', true), "
+                    "'') || '|' || (SELECT count(*) FROM shared.items)",
+                    0, NULL, &st);
+    assert_non_null(r);
+    assert_string_equal(PQgetvalue(r, 0, 0), "|0");
+    PQclear(r);
+    kl_tenant_db_destroy(&t);
+    assert_null(t);
+    kl_tenant_db_destroy(&t);
+}
+
+static void
+test_schema_model(void **state)
+{
+    (void)state;
+    kl_tenant_db_t *t = s_tdb(4);
+    kl_tenant_place_t s = s_place(s_s, KL_ISOLATION_SCHEMA, NULL);
+    kl_tenant_place_t a = s_place(s_a, KL_ISOLATION_ROW, NULL);
+    s_scoped_exec(t, &s, "INSERT INTO items (label) VALUES ('s1') RETURNING 1");
+    char *v = s_scoped_value(t, &s,
+                             "SELECT current_schema() || ':' || "
+                             "string_agg(label, ',') FROM items");
+    char *want = kl_asprintf("%s:s1", s.schema);
+    assert_string_equal(v, want);
+    free(want);
+    free(v);
+    /* The row tenant on the same connection sees its own schema only. */
+    v = s_scoped_value(t, &a, "SELECT current_schema()");
+    assert_string_equal(v, "shared");
+    free(v);
+    /* Another tenant's scope in the schema tenant's schema sees nothing
+     * (defence in depth: the policy still holds there). */
+    kl_tenant_place_t forged = s;
+    snprintf(forged.tenant_id, sizeof forged.tenant_id, "%s", s_a);
+    kl_status_t st;
+    assert_null(kl_tenant_tx_begin(t, &forged, &st));
+    assert_int_equal(st.code, KL_INVALID_ARGUMENT);
+    kl_tenant_db_destroy(&t);
+}
+
+static void
+test_database_model_and_lru(void **state)
+{
+    (void)state;
+    kl_tenant_db_t *t = s_tdb(2);
+    kl_tenant_place_t d1 = s_place(s_d1, KL_ISOLATION_DATABASE, "main");
+    kl_tenant_place_t d2 = s_place(s_d2, KL_ISOLATION_DATABASE, "db2");
+    kl_tenant_place_t d3 = s_place(s_d3, KL_ISOLATION_DATABASE, "main");
+    s_scoped_exec(t, &d1,
+                  "INSERT INTO items (label) VALUES ('d1') RETURNING 1");
+    s_scoped_exec(t, &d2,
+                  "INSERT INTO items (label) VALUES ('d2') RETURNING 1");
+    assert_int_equal(kl_tenant_db_open_count(t), 2);
+    s_scoped_exec(t, &d3,
+                  "INSERT INTO items (label) VALUES ('d3') RETURNING 1");
+    assert_int_equal(kl_tenant_db_open_count(t), 2);
+    /* d1 was evicted (least recently used) and reopens on demand. */
+    char *v = s_scoped_value(t, &d1,
+                             "SELECT current_database() || ':' || "
+                             "current_schema() || ':' || "
+                             "string_agg(label, ',') FROM items");
+    char *want = kl_asprintf("%s:shared:d1", d1.db_name);
+    assert_string_equal(v, want);
+    free(want);
+    free(v);
+    assert_int_equal(kl_tenant_db_open_count(t), 2);
+    v = s_scoped_value(t, &d3, "SELECT string_agg(label, ',') FROM items");
+    assert_string_equal(v, "d3");
+    free(v);
+
+    kl_status_t st;
+    kl_tenant_place_t unknown = s_place(s_d1, KL_ISOLATION_DATABASE, "db9");
+    assert_null(kl_tenant_tx_begin(t, &unknown, &st));
+    assert_int_equal(st.code, KL_NOT_FOUND);
+    assert_string_equal(st.message, "database server \"db9\" unknown");
+    kl_tenant_place_t down = s_place(s_d1, KL_ISOLATION_DATABASE, "down");
+    assert_null(kl_tenant_tx_begin(t, &down, &st));
+    assert_int_equal(st.code, KL_UNAVAILABLE);
+    /* After a failure the others still work. */
+    v = s_scoped_value(t, &d2, "SELECT string_agg(label, ',') FROM items");
+    assert_string_equal(v, "d2");
+    free(v);
+    /* The scope is transaction-local in a tenant database too. */
+    kl_pg_t *pg = kl_tenant_tx_begin(t, &d2, &st);
+    assert_non_null(pg);
+    assert_int_equal(kl_tenant_tx_commit(t, pg, &st), 0);
+    PGresult *r = kl_pg_query(
+        pg, NULL,
+        "SELECT coalesce(current_setting('app.tenant_id', true), '') || '|' "
+        "|| (SELECT count(*) FROM shared.items)",
+        0, NULL, &st);
+    assert_non_null(r);
+    assert_string_equal(PQgetvalue(r, 0, 0), "|0");
+    PQclear(r);
+    kl_tenant_db_destroy(&t);
+}
+
+/* A mover's exclusive lock refuses writes, not reads; the fence refuses a
+ * stale placement. */
+static void
+test_move_lock_and_fence(void **state)
+{
+    (void)state;
+    kl_tenant_db_t *t = s_tdb(2);
+    kl_tenant_place_t a = s_place(s_a, KL_ISOLATION_ROW, NULL);
+    kl_status_t st;
+    PGconn *mover = PQconnectdb(s_super_db);
+    assert_int_equal(PQstatus(mover), CONNECTION_OK);
+    const char *params[] = {s_a};
+    PGresult *r = PQexecParams(
+        mover, "SELECT pg_advisory_lock(" KL_TENANT_LOCK_SQL("$1::text") ")", 1,
+        NULL, params, NULL, NULL, 0);
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    PQclear(r);
+    assert_null(kl_tenant_tx_begin(t, &a, &st));
+    assert_int_equal(st.code, KL_UNAVAILABLE);
+    assert_string_equal(st.message, "tenant is being moved, retry");
+    kl_pg_t *pg = kl_tenant_tx_begin_ex(t, &a, KL_TENANT_TX_READ_ONLY, &st);
+    assert_non_null(pg);
+    kl_tenant_tx_rollback(t, pg);
+    /* Tenant B is not affected. */
+    kl_tenant_place_t b = s_place(s_b, KL_ISOLATION_ROW, NULL);
+    pg = kl_tenant_tx_begin(t, &b, &st);
+    assert_non_null(pg);
+    kl_tenant_tx_rollback(t, pg);
+    r = PQexecParams(
+        mover, "SELECT pg_advisory_unlock(" KL_TENANT_LOCK_SQL("$1::text") ")",
+        1, NULL, params, NULL, NULL, 0);
+    PQclear(r);
+    pg = kl_tenant_tx_begin(t, &a, &st);
+    assert_non_null(pg);
+    kl_tenant_tx_rollback(t, pg);
+
+    /* Moved to the schema model: the row placement is stale. */
+    r = PQexecParams(mover,
+                     "INSERT INTO " KL_TENANT_FENCE_TABLE
+                     " (tenant_id, isolation) VALUES ($1, 'schema')",
+                     1, NULL, params, NULL, NULL, 0);
+    assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    assert_null(kl_tenant_tx_begin_ex(t, &a, KL_TENANT_TX_READ_ONLY, &st));
+    assert_int_equal(st.code, KL_UNAVAILABLE);
+    assert_string_equal(st.message, "tenant placement changed, retry");
+    r = PQexecParams(
+        mover, "DELETE FROM " KL_TENANT_FENCE_TABLE " WHERE tenant_id = $1", 1,
+        NULL, params, NULL, NULL, 0);
+    PQclear(r);
+    PQfinish(mover);
+    kl_tenant_db_destroy(&t);
+}
+
+/* Hostile names never reach SQL: a forged schema with quotes and
+ * semicolons is refused before any statement, and the server's own
+ * quoting keeps a strange (but derived-looking) shared schema inert. */
+static void
+test_hostile_names(void **state)
+{
+    (void)state;
+    kl_tenant_db_t *t = s_tdb(2);
+    kl_status_t st;
+    const char *hostile[] = {"shared\"; DROP TABLE shared.items; --",
+                             "x'); SELECT pg_sleep(10); --",
+                             "ünïcødé",
+                             "\"shared\"",
+                             "shared,public",
+                             ""};
+    for (size_t i = 0; i < sizeof hostile / sizeof hostile[0]; i++) {
+        kl_tenant_place_t p = s_place(s_a, KL_ISOLATION_ROW, NULL);
+        snprintf(p.schema, sizeof p.schema, "%s", hostile[i]);
+        assert_null(kl_tenant_tx_begin(t, &p, &st));
+        assert_int_equal(st.code, KL_INVALID_ARGUMENT);
+        p = s_place(s_d1, KL_ISOLATION_DATABASE, "main");
+        snprintf(p.db_name, sizeof p.db_name, "%s", hostile[i]);
+        assert_null(kl_tenant_tx_begin(t, &p, &st));
+        assert_int_equal(st.code, KL_INVALID_ARGUMENT);
+        p = s_place(s_d1, KL_ISOLATION_DATABASE, "main");
+        snprintf(p.db_server, sizeof p.db_server, "%s", hostile[i]);
+        assert_null(kl_tenant_tx_begin(t, &p, &st));
+    }
+    /* The table survived. */
+    kl_tenant_place_t a = s_place(s_a, KL_ISOLATION_ROW, NULL);
+    char *v = s_scoped_value(t, &a, "SELECT count(*) > 0 FROM items");
+    assert_string_equal(v, "t");
+    free(v);
+    kl_tenant_db_destroy(&t);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_names_and_places),
+        cmocka_unit_test(test_servers_and_conninfo),
+        cmocka_unit_test(test_row_model_scope),
+        cmocka_unit_test(test_schema_model),
+        cmocka_unit_test(test_database_model_and_lru),
+        cmocka_unit_test(test_move_lock_and_fence),
+        cmocka_unit_test(test_hostile_names),
+    };
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}

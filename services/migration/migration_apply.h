@@ -1,0 +1,86 @@
+/*
+ * migration_apply: one worker's connections to the places migrations run
+ * (as the owner role, KOWLOON_DATA_OWNER_URL), the target's own history,
+ * and applying one migration in one transaction.
+ *
+ * Every database that holds targets (the main one, each tenant database)
+ * has one history table, kowloon_migration.history (target, version, name,
+ * checksum, applied_at, duration_ms), created by the first migration applied
+ * there. A migration and its history row commit in the same transaction,
+ * so a crash leaves either both or neither. The history is the truth of
+ * what is applied; the service's ledger (migration_store) mirrors it and is
+ * reconciled from it, which is what makes a crashed run resumable without
+ * applying anything twice. Reading the history creates nothing.
+ *
+ * Not thread-safe: one per worker thread.
+ */
+#ifndef MIGRATION_APPLY_H
+#define MIGRATION_APPLY_H
+
+#include "kl_code.h"
+#include "migration_files.h"
+#include "migration_target.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct migration_apply migration_apply_t;
+
+typedef struct {
+    int version;
+    char checksum[MIGRATION_CHECKSUM_LEN + 1];
+    int64_t duration_ms;
+} migration_applied_t;
+
+/* owner_url: libpq URL or conninfo of the owner role on the main server.
+ * owner_servers: KOWLOON_TENANT_DB_OWNER_SERVERS entries ("name=url", the
+ * owner role on each database server; may be empty): a database tenant on
+ * server S is reached with S's URL and its database name; "main" falls back
+ * to owner_url. Everything is copied. Does not connect. NULL +
+ * INVALID_ARGUMENT if a URL does not parse (the message never repeats a
+ * URL: it may hold a password). */
+migration_apply_t *migration_apply_new(const char *owner_url,
+                                       const char *const *owner_servers,
+                                       size_t n_owner_servers,
+                                       kl_status_t *status);
+void migration_apply_destroy(migration_apply_t **self_p);
+
+/* The target's history, ascending by version: *out is malloc'd (caller
+ * frees; NULL when *n is 0). A shared target without its schema yet has an
+ * empty history; a schema tenant without its schema is NOT_FOUND ("schema
+ * t_... does not exist: the tenant is not provisioned"); a database that
+ * cannot be reached is UNAVAILABLE with libpq's message. */
+int migration_apply_history(migration_apply_t *self,
+                            const migration_target_t *t,
+                            migration_applied_t **out, size_t *n,
+                            kl_status_t *status);
+
+/* Checks the history against the files. Returns 0, or
+ * -KL_FAILED_PRECONDITION with the drift:
+ *   "checksum mismatch for V0002 (applied 3f2a9c..., file 77b1e0...)"
+ *   "V0007 is applied but its file is missing"
+ * *current is the highest applied version. */
+int migration_apply_check(const migration_files_t *files,
+                          const migration_applied_t *applied, size_t n,
+                          int *current, kl_status_t *status);
+
+/* Whether version is in the history. */
+bool migration_apply_has(const migration_applied_t *applied, size_t n,
+                         int version);
+
+/* Applies file to t in one transaction together with its history row
+ * (search_path and app.tenant_id set transaction-locally). *duration_ms is
+ * the wall time of the transaction. On failure everything is rolled back
+ * and status carries the PostgreSQL error text:
+ *   FAILED_PRECONDITION "relation \"tasks\" already exists (SQLSTATE 42P07)"
+ *   UNAVAILABLE         the connection was lost */
+int migration_apply_one(migration_apply_t *self, const migration_target_t *t,
+                        const migration_file_t *file, int64_t *duration_ms,
+                        kl_status_t *status);
+
+/* Closes a tenant-database connection kept for t (none for the main
+ * server's targets). */
+void migration_apply_release(migration_apply_t *self);
+
+#endif

@@ -1,0 +1,246 @@
+/*
+ * migration_files: loading, naming rules, ordering and checksums.
+ */
+#include "migration_files.h"
+
+#include "kl_alloc.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* Versions above this are refused: they would not fit the ledger's int. */
+#define S_MAX_VERSION 999999
+
+struct migration_files {
+    migration_file_t *files; /* sorted by version, files[i].version = i+1 */
+    size_t n;                /* number of files */
+};
+
+int
+migration_files_parse_name(const char *name)
+{
+    if (name[0] != 'V')
+        return -1;
+    const char *p = name + 1;
+    long version = 0;
+    int digits = 0;
+    while (isdigit((unsigned char)*p)) {
+        version = version * 10 + (*p - '0');
+        if (version > S_MAX_VERSION)
+            return -1;
+        p++;
+        digits++;
+    }
+    if (digits == 0 || version < 1 || p[0] != '_' || p[1] != '_')
+        return -1;
+    p += 2;
+    const char *dot = strrchr(p, '.');
+    if (!dot || dot == p || strcmp(dot, ".sql") != 0)
+        return -1;
+    for (const char *q = p; q < dot; q++)
+        if (!isalnum((unsigned char)*q) && *q != '_' && *q != '-')
+            return -1;
+    return (int)version;
+}
+
+void
+migration_files_sha256(const void *data, size_t len,
+                       char out[MIGRATION_CHECKSUM_LEN + 1])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int md_len = 0;
+    /* EVP_Digest fails only when the library is broken (out of memory);
+     * an empty checksum then never matches anything recorded. */
+    if (!EVP_Digest(data, len, md, &md_len, EVP_sha256(), NULL)) {
+        out[0] = '\0';
+        return;
+    }
+    static const char hex[] = "0123456789abcdef";
+    for (unsigned int i = 0; i < md_len && i < 32; i++) {
+        out[2 * i] = hex[md[i] >> 4];
+        out[2 * i + 1] = hex[md[i] & 15];
+    }
+    out[MIGRATION_CHECKSUM_LEN] = '\0';
+}
+
+/* Reads the whole of path into a new buffer (NUL-terminated). */
+static int
+s_read_file(const char *path, const char *name, char **out, size_t *out_len,
+            kl_status_t *status)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return kl_status_set(status, KL_INTERNAL, "%s: cannot open: %s", name,
+                             strerror(errno));
+    size_t cap = 4096, len = 0;
+    char *buf = kl_malloc(cap);
+    for (;;) {
+        if (len + 1 >= cap) {
+            cap *= 2;
+            buf = kl_realloc(buf, cap);
+        }
+        size_t got = fread(buf + len, 1, cap - len - 1, f);
+        len += got;
+        if (got == 0)
+            break;
+    }
+    int failed = ferror(f);
+    fclose(f);
+    if (failed) {
+        free(buf);
+        return kl_status_set(status, KL_INTERNAL, "%s: read error", name);
+    }
+    buf[len] = '\0';
+    *out = buf;
+    *out_len = len;
+    return 0;
+}
+
+static int
+s_by_version(const void *a, const void *b)
+{
+    const migration_file_t *x = a, *y = b;
+    if (x->version != y->version)
+        return x->version < y->version ? -1 : 1;
+    return strcmp(x->file_name, y->file_name);
+}
+
+static void
+s_free_files(migration_file_t *files, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(files[i].file_name);
+        free(files[i].sql);
+    }
+    free(files);
+}
+
+migration_files_t *
+migration_files_load(const char *dir, kl_status_t *status)
+{
+    DIR *d = opendir(dir);
+    if (!d) {
+        kl_status_set(status, errno == ENOENT ? KL_NOT_FOUND : KL_INTERNAL,
+                      "migrations directory %s: %s", dir, strerror(errno));
+        return NULL;
+    }
+    migration_file_t *files = NULL;
+    size_t n = 0, cap = 0;
+    int rc = 0;
+    struct dirent *e;
+    while (rc == 0 && (e = readdir(d)) != NULL) {
+        const char *name = e->d_name;
+        size_t name_len = strlen(name);
+        if (name[0] == '.' || name_len < 4 ||
+            strcmp(name + name_len - 4, ".sql") != 0)
+            continue;
+        char *path = kl_asprintf("%s/%s", dir, name);
+        struct stat st;
+        if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) {
+            free(path);
+            continue;
+        }
+        int version = migration_files_parse_name(name);
+        if (version < 0) {
+            rc = kl_status_set(status, KL_INVALID_ARGUMENT,
+                               "%s: not named V<digits>__<name>.sql "
+                               "(name: letters, digits, _ and -)",
+                               name);
+            free(path);
+            break;
+        }
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            files = kl_realloc(files, cap * sizeof *files);
+        }
+        migration_file_t *f = &files[n];
+        memset(f, 0, sizeof *f);
+        f->version = version;
+        f->file_name = kl_strdup(name);
+        rc = s_read_file(path, name, &f->sql, &f->sql_len, status);
+        free(path);
+        if (rc < 0) {
+            free(f->file_name);
+            break;
+        }
+        n++;
+        if (memchr(f->sql, '\0', f->sql_len)) {
+            rc = kl_status_set(status, KL_INVALID_ARGUMENT,
+                               "%s: contains a NUL byte", name);
+            break;
+        }
+        migration_files_sha256(f->sql, f->sql_len, f->checksum);
+    }
+    closedir(d);
+    if (rc < 0) {
+        s_free_files(files, n);
+        return NULL;
+    }
+    if (n > 1)
+        qsort(files, n, sizeof *files, s_by_version);
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0 && files[i].version == files[i - 1].version) {
+            kl_status_set(
+                status, KL_INVALID_ARGUMENT, "%s and %s: duplicate version %d",
+                files[i - 1].file_name, files[i].file_name, files[i].version);
+            s_free_files(files, n);
+            return NULL;
+        }
+        if (files[i].version != (int)i + 1) {
+            if (i == 0)
+                kl_status_set(status, KL_INVALID_ARGUMENT,
+                              "migration versions must start at 1: the first "
+                              "is %s",
+                              files[i].file_name);
+            else
+                kl_status_set(status, KL_INVALID_ARGUMENT,
+                              "migration versions must be 1, 2, 3 ... without "
+                              "gaps: %s follows %s",
+                              files[i].file_name, files[i - 1].file_name);
+            s_free_files(files, n);
+            return NULL;
+        }
+    }
+    migration_files_t *self = kl_calloc(1, sizeof *self);
+    self->files = files;
+    self->n = n;
+    return self;
+}
+
+void
+migration_files_destroy(migration_files_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    migration_files_t *self = *self_p;
+    s_free_files(self->files, self->n);
+    free(self);
+    *self_p = NULL;
+}
+
+size_t
+migration_files_count(const migration_files_t *self)
+{
+    return self->n;
+}
+
+int
+migration_files_latest(const migration_files_t *self)
+{
+    return (int)self->n;
+}
+
+const migration_file_t *
+migration_files_get(const migration_files_t *self, int version)
+{
+    if (version < 1 || (size_t)version > self->n)
+        return NULL;
+    return &self->files[version - 1];
+}

@@ -1,0 +1,55 @@
+/*
+ * migration_files: the product's migrations as loaded from one directory.
+ *
+ * Every regular file whose name ends in ".sql" must be named
+ * V<digits>__<name>.sql (name: letters, digits, '_' and '-'); versions run
+ * 1, 2, 3 ... without gaps or duplicates. Each file's checksum is the
+ * SHA-256 of its bytes, lowercase hex. Other files (README, dot files) are
+ * ignored. A set is immutable once loaded and may be shared by threads.
+ */
+#ifndef MIGRATION_FILES_H
+#define MIGRATION_FILES_H
+
+#include "kl_code.h"
+
+#include <stddef.h>
+
+#define MIGRATION_CHECKSUM_LEN 64
+
+typedef struct {
+    int version;
+    char *file_name;                           /* "V0001__projects.sql" */
+    char checksum[MIGRATION_CHECKSUM_LEN + 1]; /* sha-256, lowercase hex */
+    char *sql;                                 /* the file's text */
+    size_t sql_len;
+} migration_file_t;
+
+typedef struct migration_files migration_files_t;
+
+/* Loads dir. NULL + status on error, naming the file: INVALID_ARGUMENT for
+ *   "V1_projects.sql: not named V<digits>__<name>.sql"
+ *   "V0002__b.sql and V0002__c.sql: duplicate version 2"
+ *   "migration versions must be 1, 2, 3 ... without gaps: 3 follows 1"
+ *   "V0001__a.sql: contains a NUL byte"
+ * and NOT_FOUND / INTERNAL for a directory or file that cannot be read.
+ * An empty directory is a valid, empty set. Caller owns the result. */
+migration_files_t *migration_files_load(const char *dir, kl_status_t *status);
+void migration_files_destroy(migration_files_t **self_p);
+
+/* Number of files; the latest version equals it (versions are 1..n). */
+size_t migration_files_count(const migration_files_t *self);
+int migration_files_latest(const migration_files_t *self);
+
+/* The file of version (1..count), or NULL. Borrowed from self. */
+const migration_file_t *migration_files_get(const migration_files_t *self,
+                                            int version);
+
+/* Parses a file name: returns the version (>= 1), or -1 when the name is
+ * not V<digits>__<name>.sql. */
+int migration_files_parse_name(const char *file_name);
+
+/* SHA-256 of len bytes at data as 64 lowercase hex digits plus NUL. */
+void migration_files_sha256(const void *data, size_t len,
+                            char out[MIGRATION_CHECKSUM_LEN + 1]);
+
+#endif
