@@ -78,8 +78,9 @@
       "Scheme of the links the gateway builds (upgrade_url, ...).")            \
     X(HTTP_LISTEN, STR, "127.0.0.1:8080", 1, 256, NULL, 0, KL_PROC_GATEWAY,    \
       "Address and port the gateway listens on (civetweb listening_ports).")   \
-    X(HTTP_THREADS, INT, "32", 1, 1024, NULL, 0, KL_PROC_GATEWAY,              \
-      "HTTP worker threads of the gateway.")                                   \
+    X(HTTP_THREADS, INT, "128", 1, 1024, NULL, 0, KL_PROC_GATEWAY,             \
+      "HTTP worker threads of the gateway; civetweb holds one per open "      \
+      "keep-alive connection, so keep it above the connections at once.")   \
     X(HTTP_MAX_BODY_BYTES, INT, "1048576", 1, 67108864, NULL, 0,               \
       KL_PROC_GATEWAY, "Largest request body; larger ones are answered 413.")  \
     X(TRUSTED_PROXIES, LIST, "127.0.0.1/32,::1/128", 0, 4096, NULL, 0,         \
@@ -170,8 +171,10 @@
     X(TENANT_DB_MAX_OPEN, INT, "16", 1, 4096, NULL, 0, KL_PROC_WORKSPACE,      \
       "Tenant-database connections a worker keeps open (least recently "      \
       "used closed first).")                                                  \
-    X(DATA_APP_ROLE, STR, "", 0, 63, NULL, 0, KL_PROC_TENANT,                  \
+    X(DATA_APP_ROLE, STR, "", 0, 63, NULL, 0,                                  \
+      KL_PROC_TENANT | KL_PROC_MIGRATION,                                      \
       "Role product services connect as, granted on new tenant schemas and "  \
-      "databases; empty: DATABASE_URL's user.")
+      "databases; empty: DATABASE_URL's user (tenant), no grants on tables "  \
+      "added by migrations (migration).")
 
 #endif

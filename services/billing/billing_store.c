@@ -346,12 +346,18 @@ billing_store_outbox_take(kl_pg_t *pg, billing_outbox_row_t *rows, int max,
     const char *params[] = {m};
     PGresult *res = kl_pg_query(
         pg, "billing_outbox_take",
+        /* Each tenant's oldest pending row only (effects apply in order),
+         * found through the partial index outbox_pending (tenant_id, id):
+         * linear in the pending rows whatever plan the prepared statement
+         * keeps. A correlated NOT EXISTS here went quadratic once the
+         * cached generic plan, made while the table was empty, met a
+         * backlog of thousands of rows. */
         "SELECT o.id, o.tenant_id::text, coalesce(o.status, ''),"
         " coalesce(o.plan, ''), o.reason, o.attempts FROM billing.outbox o"
-        " WHERE o.done_at IS NULL AND o.next_attempt_at <= now()"
-        " AND NOT EXISTS (SELECT 1 FROM billing.outbox e WHERE"
-        " e.tenant_id = o.tenant_id AND e.done_at IS NULL AND e.id < o.id)"
-        " ORDER BY o.id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        " WHERE o.id IN (SELECT min(h.id) FROM billing.outbox h"
+        " WHERE h.done_at IS NULL GROUP BY h.tenant_id)"
+        " AND o.done_at IS NULL AND o.next_attempt_at <= now()"
+        " ORDER BY o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
         1, params, status);
     if (!res)
         return s_code(status);

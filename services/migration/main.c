@@ -101,6 +101,15 @@ main(void)
     for (size_t i = 0; i < n_owners; i++)
         owners[i] = kl_config_list_at(cfg, KL_CFG_TENANT_DB_OWNER_SERVERS, i);
     const char *owner_url = kl_config_str(cfg, KL_CFG_DATA_OWNER_URL);
+    /* Tables a migration adds are granted to the application role in the
+     * migration's transaction; without one they stay unreachable to it
+     * until something else grants them (said once, here). */
+    const char *app_role = kl_config_str(cfg, KL_CFG_DATA_APP_ROLE);
+    if (!app_role[0])
+        kl_log_write(KL_WARN,
+                     "%s is empty: tables added by migrations are not "
+                     "granted to the application role",
+                     kl_config_name(KL_CFG_DATA_APP_ROLE));
     /* Schema "migration" first: the workers claim from it at once. */
     kl_pg_t *pg = kl_pg_new(database_url);
     int mrc = migration_store_migrate(pg, &status);
@@ -119,6 +128,7 @@ main(void)
         .workers = (int)kl_config_int(cfg, KL_CFG_MIGRATION_WORKERS),
         .poll_ms = (int)kl_config_int(cfg, KL_CFG_MIGRATION_POLL_MS),
         .instance = instance,
+        .app_role = app_role,
     };
     runner = migration_runner_new(&ropts, &status);
     if (!runner) {
@@ -136,6 +146,7 @@ main(void)
         .tenants = tenants,
         .tenants_timeout_ms = S_TENANT_TIMEOUT_MS,
         .runner = runner,
+        .app_role = app_role,
     };
     svc = migration_service_new(&sopts, &status);
     if (!svc) {

@@ -21,6 +21,7 @@ struct migration_apply {
     char db_name[MIGRATION_NAME_MAX]; /* the database db is connected to */
     bool main_ready;                  /* the history table exists on main */
     bool db_ready;                    /* ... and on db */
+    char *app_role;                   /* granted on new tables; "": none */
 };
 
 /* Notices ("relation already exists, skipping") are not errors: drop. */
@@ -66,7 +67,15 @@ migration_apply_new(const char *owner_url, const char *const *owner_servers,
     for (size_t i = 0; i < n_owner_servers; i++)
         self->servers[i] = kl_strdup(owner_servers[i]);
     self->n_servers = n_owner_servers;
+    self->app_role = kl_strdup("");
     return self;
+}
+
+void
+migration_apply_set_app_role(migration_apply_t *self, const char *app_role)
+{
+    free(self->app_role);
+    self->app_role = kl_strdup(app_role ? app_role : "");
 }
 
 void
@@ -93,6 +102,7 @@ migration_apply_destroy(migration_apply_t **self_p)
         free(self->servers[i]);
     free(self->servers);
     free(self->owner_url);
+    free(self->app_role);
     free(self);
     *self_p = NULL;
 }
@@ -146,19 +156,27 @@ s_history_table(PGconn *c, kl_status_t *status)
     return rc;
 }
 
+/* The main database's connection, (re)connecting as needed. */
+static PGconn *
+s_main(migration_apply_t *self, kl_status_t *status)
+{
+    if (self->main && PQstatus(self->main) != CONNECTION_OK) {
+        PQfinish(self->main);
+        self->main = NULL;
+        self->main_ready = false;
+    }
+    if (!self->main)
+        self->main = s_connect(self->owner_url, status);
+    return self->main;
+}
+
 /* The connection for t, (re)connecting as needed. */
 static PGconn *
 s_conn(migration_apply_t *self, const migration_target_t *t, bool prepare,
        kl_status_t *status)
 {
     if (!t->db_name[0]) {
-        if (self->main && PQstatus(self->main) != CONNECTION_OK) {
-            PQfinish(self->main);
-            self->main = NULL;
-            self->main_ready = false;
-        }
-        if (!self->main)
-            self->main = s_connect(self->owner_url, status);
+        s_main(self, status);
         if (self->main && prepare && !self->main_ready) {
             if (s_history_table(self->main, status) < 0)
                 return NULL;
@@ -323,6 +341,65 @@ migration_apply_history(migration_apply_t *self, const migration_target_t *t,
     return 0;
 }
 
+int
+migration_apply_hold_tenant(migration_apply_t *self, const char *tenant_id,
+                            char *isolation, size_t size, kl_status_t *status)
+{
+    isolation[0] = '\0';
+    PGconn *c = s_main(self, status);
+    if (!c)
+        return -(int)status->code;
+    const char *p[] = {tenant_id};
+    PGresult *res = PQexecParams(
+        c,
+        "SELECT pg_catalog.pg_try_advisory_lock_shared(" KL_TENANT_LOCK_SQL(
+            "$1::text") "),"
+                        " pg_catalog.to_regclass('" KL_TENANT_FENCE_TABLE
+                        "') IS NOT NULL",
+        1, NULL, p, NULL, NULL, 0);
+    if (!s_ok(res)) {
+        int rc = s_fail(c, res, status);
+        PQclear(res);
+        return rc;
+    }
+    bool held = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    bool fence = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+    PQclear(res);
+    if (!held)
+        return 0;
+    if (!fence)
+        return 1;
+    /* Read under the lock: no move is under way, the record is settled. */
+    res = PQexecParams(
+        c,
+        "SELECT coalesce((SELECT isolation FROM " KL_TENANT_FENCE_TABLE
+        " WHERE tenant_id = $1::uuid), 'row')",
+        1, NULL, p, NULL, NULL, 0);
+    if (!s_ok(res)) {
+        int rc = s_fail(c, res, status);
+        PQclear(res);
+        migration_apply_unhold_tenant(self, tenant_id);
+        return rc;
+    }
+    snprintf(isolation, size, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return 1;
+}
+
+void
+migration_apply_unhold_tenant(migration_apply_t *self, const char *tenant_id)
+{
+    /* A lost connection took the lock with it. */
+    if (!self->main || PQstatus(self->main) != CONNECTION_OK)
+        return;
+    const char *p[] = {tenant_id};
+    PQclear(PQexecParams(
+        self->main,
+        "SELECT pg_catalog.pg_advisory_unlock_shared(" KL_TENANT_LOCK_SQL(
+            "$1::text") ")",
+        1, NULL, p, NULL, NULL, 0));
+}
+
 bool
 migration_apply_has(const migration_applied_t *applied, size_t n, int version)
 {
@@ -385,19 +462,51 @@ migration_apply_one(migration_apply_t *self, const migration_target_t *t,
     int64_t t0 = kl_now_mono_ms();
     /* Identifiers and literals are quoted by libpq; the names come from
      * the tenant id and the configured shared schema anyway. */
+    const char *role = self->app_role;
     char *ident = PQescapeIdentifier(c, t->schema, strlen(t->schema));
+    char *lschema = PQescapeLiteral(c, t->schema, strlen(t->schema));
     char *tenant = PQescapeLiteral(c, t->tenant_id, strlen(t->tenant_id));
     char *target = PQescapeLiteral(c, t->target, strlen(t->target));
     char *name = PQescapeLiteral(c, file->file_name, strlen(file->file_name));
     char *sum = PQescapeLiteral(c, file->checksum, strlen(file->checksum));
-    if (!ident || !tenant || !target || !name || !sum) {
+    char *qrole = role[0] ? PQescapeIdentifier(c, role, strlen(role)) : NULL;
+    char *lrole = role[0] ? PQescapeLiteral(c, role, strlen(role)) : NULL;
+    if (!ident || !lschema || !tenant || !target || !name || !sum ||
+        (role[0] && (!qrole || !lrole))) {
         int rc = s_fail(c, NULL, status);
         PQfreemem(ident);
+        PQfreemem(lschema);
         PQfreemem(tenant);
         PQfreemem(target);
         PQfreemem(name);
         PQfreemem(sum);
+        PQfreemem(qrole);
+        PQfreemem(lrole);
         return rc;
+    }
+    /* With an application role, the tables the file adds are granted to
+     * it in the same transaction, exactly as kl_tenant_db_grant_schema
+     * does at provisioning: USAGE on the schema, SELECT, INSERT, UPDATE,
+     * DELETE on each table with row-level security enabled and forced,
+     * nothing on any other. The lock is kl_tenant_db_grant_schema's, taken
+     * first (before the file locks any table) so that a concurrent
+     * provisioning grant on the same schema waits instead of deadlocking. */
+    char *lock = NULL, *grant = NULL;
+    if (role[0]) {
+        lock = kl_asprintf("SELECT pg_advisory_xact_lock(hashtext("
+                           "'kowloon.migrate.' || %s));",
+                           lschema);
+        grant = kl_asprintf(
+            "GRANT USAGE ON SCHEMA %s TO %s;"
+            "DO $kl$ DECLARE r record; BEGIN"
+            " FOR r IN SELECT c.relname FROM pg_catalog.pg_class c"
+            "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            "  WHERE n.nspname = %s AND c.relkind IN ('r', 'p')"
+            "  AND c.relrowsecurity AND c.relforcerowsecurity LOOP"
+            "  EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE"
+            " ON %%I.%%I TO %%I', %s, r.relname, %s);"
+            " END LOOP; END $kl$;",
+            ident, qrole, lschema, lschema, lrole);
     }
     /* The row model's shared schema is the service's to create; a schema
      * or database tenant is provisioned by the tenant service, and a
@@ -406,25 +515,32 @@ migration_apply_one(migration_apply_t *self, const migration_target_t *t,
      * the whole string before running any of it, so a syntax error runs
      * nothing, and any other error aborts the transaction. */
     int shared = strcmp(t->isolation, "row") == 0;
-    char *begin = kl_asprintf("BEGIN;"
-                              "%s%s%s"
-                              "SET LOCAL search_path TO %s;"
-                              "SELECT set_config('app.tenant_id', %s, true);\n"
-                              "%s\n;",
-                              shared ? "CREATE SCHEMA IF NOT EXISTS " : "",
-                              shared ? ident : "", shared ? ";" : "", ident,
-                              tenant, file->sql);
+    char *begin = kl_asprintf(
+        "BEGIN;"
+        "%s"
+        "%s%s%s"
+        "SET LOCAL search_path TO %s;"
+        "SELECT set_config('app.tenant_id', %s, true);\n"
+        "%s\n;",
+        lock ? lock : "", shared ? "CREATE SCHEMA IF NOT EXISTS " : "",
+        shared ? ident : "", shared ? ";" : "", ident, tenant, file->sql);
     char *record = kl_asprintf(
+        "%s"
         "INSERT INTO kowloon_migration.history (target, version, name,"
         " checksum, duration_ms) VALUES (%s, %d, %s, %s,"
         " (extract(epoch FROM clock_timestamp() - now()) * 1000)::bigint);"
         "COMMIT",
-        target, file->version, name, sum);
+        grant ? grant : "", target, file->version, name, sum);
+    free(lock);
+    free(grant);
     PQfreemem(ident);
+    PQfreemem(lschema);
     PQfreemem(tenant);
     PQfreemem(target);
     PQfreemem(name);
     PQfreemem(sum);
+    PQfreemem(qrole);
+    PQfreemem(lrole);
 
     int rc = s_exec(c, begin, status);
     if (rc == 0 && PQtransactionStatus(c) != PQTRANS_INTRANS) {

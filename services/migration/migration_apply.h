@@ -46,6 +46,15 @@ migration_apply_t *migration_apply_new(const char *owner_url,
                                        kl_status_t *status);
 void migration_apply_destroy(migration_apply_t **self_p);
 
+/* KOWLOON_DATA_APP_ROLE (copied; NULL or "": none, the default). With a
+ * role, each migration_apply_one also grants it, in the migration's own
+ * transaction, what kl_tenant_db_grant_schema grants at provisioning:
+ * USAGE on the target's schema and SELECT, INSERT, UPDATE, DELETE on each
+ * of its tables with row-level security enabled and forced (never on any
+ * other table). */
+void migration_apply_set_app_role(migration_apply_t *self,
+                                  const char *app_role);
+
 /* The target's history, ascending by version: *out is malloc'd (caller
  * frees; NULL when *n is 0). A shared target without its schema yet has an
  * empty history; a schema tenant without its schema is NOT_FOUND ("schema
@@ -70,7 +79,9 @@ bool migration_apply_has(const migration_applied_t *applied, size_t n,
                          int version);
 
 /* Applies file to t in one transaction together with its history row
- * (search_path and app.tenant_id set transaction-locally). *duration_ms is
+ * (search_path and app.tenant_id set transaction-locally), and with an
+ * application role set, the grants on its RLS-forced tables (a role that
+ * does not exist fails the migration). *duration_ms is
  * the wall time of the transaction. On failure everything is rolled back
  * and status carries the PostgreSQL error text:
  *   FAILED_PRECONDITION "relation \"tasks\" already exists (SQLSTATE 42P07)"
@@ -78,6 +89,21 @@ bool migration_apply_has(const migration_applied_t *applied, size_t n,
 int migration_apply_one(migration_apply_t *self, const migration_target_t *t,
                         const migration_file_t *file, int64_t *duration_ms,
                         kl_status_t *status);
+
+/* For a tenant's target (run workers; not ProvisionTenant, which a move
+ * calls while it holds the lock itself): takes the tenant's move lock
+ * (KL_TENANT_LOCK_SQL) shared, without waiting, on the session of the main
+ * database's connection, so that a move (which takes it exclusive) waits
+ * until the migration is over. Returns 1 when held (give it back with
+ * migration_apply_unhold_tenant), 0 when a move holds or awaits it, or
+ * -code. When held, isolation gets the tenant's model of record in the
+ * placement fence (KL_TENANT_FENCE_TABLE: "schema", "database", "row" when
+ * the tenant has no fence entry, "" when there is no fence table). */
+int migration_apply_hold_tenant(migration_apply_t *self, const char *tenant_id,
+                                char *isolation, size_t size,
+                                kl_status_t *status);
+void migration_apply_unhold_tenant(migration_apply_t *self,
+                                   const char *tenant_id);
 
 /* Closes a tenant-database connection kept for t (none for the main
  * server's targets). */

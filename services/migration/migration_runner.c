@@ -25,6 +25,7 @@ struct migration_runner {
     const char *const *servers; /* borrowed owner servers */
     size_t n_servers;
     char *instance;                 /* copied */
+    char *app_role;                 /* copied; "": no grants */
     const migration_files_t *files; /* borrowed */
     int poll_ms;                    /* idle wait */
     pthread_t *threads;             /* workers */
@@ -83,8 +84,31 @@ s_one(migration_runner_t *self, kl_pg_t *ctrl, migration_apply_t *ap)
     int64_t started = kl_now_unix_ms();
     int64_t t1 = kl_now_mono_ms();
     migration_work_result_t res;
-    rc = migration_work_target(ctrl, ap, self->files, &t, run_id, &res, &st);
+    rc = migration_work_target(ctrl, ap, self->files, &t, run_id, true, &res,
+                               &st);
     int64_t t2 = kl_now_mono_ms();
+    if (rc == 0 && res.moving) {
+        /* A move holds the tenant: the target stays pending, marked, and
+         * goes to the back of its run; this worker rests a poll so that it
+         * does not spin on it. */
+        rc = migration_store_target_defer(ctrl, run_id, &t, res.error, &st);
+        if (rc == 0)
+            rc = kl_pg_commit(ctrl, &st);
+        else
+            kl_pg_rollback(ctrl);
+        migration_work_result_free(&res);
+        kl_log_clear_context();
+        if (rc < 0) {
+            KL_LOG(KL_WARN, "run %" PRId64 ": deferring %s failed: %s", run_id,
+                   t.target, st.message);
+            return -1;
+        }
+        KL_LOG(KL_INFO, "run %" PRId64 ": %s is being moved, left pending",
+               run_id, t.target);
+        return 0;
+    }
+    if (rc == 0 && res.moved)
+        KL_LOG(KL_INFO, "run %" PRId64 ": %s", run_id, res.error);
     if (rc == 0) {
         rc = migration_store_target_done(
             ctrl, run_id, &t, res.failed, res.failed_version, res.error,
@@ -126,6 +150,8 @@ s_worker(void *arg)
     kl_pg_t *ctrl = kl_pg_new(self->database_url);
     migration_apply_t *ap = migration_apply_new(self->owner_url, self->servers,
                                                 self->n_servers, &st);
+    if (ap)
+        migration_apply_set_app_role(ap, self->app_role);
     unsigned seen = 0;
     while (ap && !s_stopping(self)) {
         int rc = s_one(self, ctrl, ap);
@@ -161,6 +187,7 @@ migration_runner_new(const migration_runner_opts_t *opts, kl_status_t *status)
     self->servers = opts->owner_servers;
     self->n_servers = opts->n_owner_servers;
     self->instance = kl_strdup(opts->instance ? opts->instance : "");
+    self->app_role = kl_strdup(opts->app_role ? opts->app_role : "");
     self->files = opts->files;
     self->poll_ms = opts->poll_ms > 0 ? opts->poll_ms : 500;
     pthread_mutex_init(&self->mu, NULL);
@@ -206,6 +233,7 @@ migration_runner_destroy(migration_runner_t **self_p)
     free(self->database_url);
     free(self->owner_url);
     free(self->instance);
+    free(self->app_role);
     free(self);
     *self_p = NULL;
 }

@@ -22,6 +22,7 @@ typedef struct {
     int workers;                    /* threads, >= 1 */
     int poll_ms;                    /* idle poll interval */
     const char *instance;           /* recorded on each target it ran */
+    const char *app_role; /* KOWLOON_DATA_APP_ROLE; NULL or "": no grants */
 } migration_runner_opts_t;
 
 typedef struct migration_runner migration_runner_t;

@@ -33,6 +33,7 @@ struct migration_service {
     kl_rpc_client_t *tenants;       /* borrowed */
     int64_t tenants_timeout_ms;     /* per call */
     migration_runner_t *runner;     /* borrowed, may be NULL */
+    char *app_role;                 /* owned; "": no grants */
 };
 
 /* What each RPC worker thread owns. */
@@ -79,7 +80,9 @@ s_add_tenant(migration_service_t *self, s_targets_t *ts,
 }
 
 /* The targets of the tenants named in ids, or of every tenant (not
- * deleted) when there is none. Shared target once, first-come order. */
+ * deleted) when there is none — and then always the row model's shared
+ * target, first, even with no row tenant yet (the first one created finds
+ * its tables). Shared target once, first-come order. */
 static int
 s_collect(migration_service_t *self, char **ids, size_t n_ids, s_targets_t *ts,
           kl_status_t *status)
@@ -103,6 +106,10 @@ s_collect(migration_service_t *self, char **ids, size_t n_ids, s_targets_t *ts,
         }
         return 0;
     }
+    migration_target_t shared;
+    if (migration_target_shared(self->shared_schema, &shared, status) < 0)
+        return -(int)status->code;
+    s_targets_add(ts, &shared);
     char *token = kl_strdup("");
     int rc = 0;
     for (;;) {
@@ -376,8 +383,9 @@ s_provision_tenant(Kowloon__Migration__MigrationService_Service *svc,
     migration_target_t t;
     int rc;
     if (in->isolation && *in->isolation) {
-        rc = migration_target_for_tenant(in->tenant_id, in->isolation, "",
-                                         self->shared_schema, &t, &st);
+        rc = migration_target_for_tenant(in->tenant_id, in->isolation,
+                                         in->db_server, self->shared_schema, &t,
+                                         &st);
     } else {
         s_targets_t ts = {0};
         char *ids[] = {in->tenant_id};
@@ -400,7 +408,8 @@ s_provision_tenant(Kowloon__Migration__MigrationService_Service *svc,
     migration_work_result_t res;
     rc = kl_pg_begin(w->pg, &st);
     if (rc == 0)
-        rc = migration_work_target(w->pg, w->ap, self->files, &t, 0, &res, &st);
+        rc = migration_work_target(w->pg, w->ap, self->files, &t, 0, false,
+                                   &res, &st);
     if (rc == 0)
         rc = kl_pg_commit(w->pg, &st);
     else if (kl_pg_in_transaction(w->pg))
@@ -462,6 +471,7 @@ migration_service_new(const migration_service_opts_t *opts, kl_status_t *status)
     self->tenants_timeout_ms =
         opts->tenants_timeout_ms > 0 ? opts->tenants_timeout_ms : 10000;
     self->runner = opts->runner;
+    self->app_role = kl_strdup(opts->app_role ? opts->app_role : "");
     return self;
 }
 
@@ -474,6 +484,7 @@ migration_service_destroy(migration_service_t **self_p)
     free(self->database_url);
     free(self->owner_url);
     free(self->shared_schema);
+    free(self->app_role);
     free(self);
     *self_p = NULL;
 }
@@ -494,6 +505,8 @@ s_worker_init(int index, void *user)
     /* The URL was checked in migration_service_new. */
     w->ap = migration_apply_new(self->owner_url, self->servers, self->n_servers,
                                 NULL);
+    if (w->ap)
+        migration_apply_set_app_role(w->ap, self->app_role);
     return w;
 }
 

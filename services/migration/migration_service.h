@@ -30,6 +30,7 @@ typedef struct {
     kl_rpc_client_t *tenants;       /* tenant service; borrowed */
     int64_t tenants_timeout_ms;     /* deadline of each call to it */
     migration_runner_t *runner;     /* woken after Run/Retry; may be NULL */
+    const char *app_role; /* KOWLOON_DATA_APP_ROLE; NULL or "": no grants */
 } migration_service_opts_t;
 
 typedef struct migration_service migration_service_t;

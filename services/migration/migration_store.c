@@ -406,6 +406,27 @@ migration_store_target_done(kl_pg_t *pg, int64_t run_id,
 }
 
 int
+migration_store_target_defer(kl_pg_t *pg, int64_t run_id,
+                             const migration_target_t *t, const char *reason,
+                             kl_status_t *status)
+{
+    char run[32];
+    snprintf(run, sizeof run, "%" PRId64, run_id);
+    const char *p[] = {run, t->target, reason};
+    PGresult *res = kl_pg_query(
+        pg, "migration_target_defer",
+        "UPDATE migration.run_targets SET error = $3,"
+        " seq = (SELECT max(seq) + 1 FROM migration.run_targets"
+        "        WHERE run_id = $1::bigint)"
+        " WHERE run_id = $1::bigint AND target = $2 AND state = 'pending'",
+        3, p, status);
+    if (!res)
+        return -(int)status->code;
+    PQclear(res);
+    return 0;
+}
+
+int
 migration_store_finish_run(kl_pg_t *pg, int64_t run_id, kl_status_t *status)
 {
     char run[32];

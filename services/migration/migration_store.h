@@ -82,6 +82,12 @@ int migration_store_target_done(kl_pg_t *pg, int64_t run_id,
                                 int applied, const char *instance,
                                 int64_t started_ms, kl_status_t *status);
 
+/* Leaves the claimed target pending with reason in its error and moves it
+ * behind the run's other targets (a move holds the tenant). */
+int migration_store_target_defer(kl_pg_t *pg, int64_t run_id,
+                                 const migration_target_t *t,
+                                 const char *reason, kl_status_t *status);
+
 /* Outside a transaction: marks run_id finished when nothing is pending. */
 int migration_store_finish_run(kl_pg_t *pg, int64_t run_id,
                                kl_status_t *status);

@@ -42,16 +42,43 @@ int
 migration_work_target(kl_pg_t *ctrl, migration_apply_t *ap,
                       const migration_files_t *files,
                       const migration_target_t *t, int64_t run_id,
-                      migration_work_result_t *out, kl_status_t *status)
+                      bool hold_tenant, migration_work_result_t *out,
+                      kl_status_t *status)
 {
     memset(out, 0, sizeof *out);
     int rc = migration_store_lock_target(ctrl, t, status);
     if (rc < 0)
         return rc;
+    kl_status_t st;
+    bool held = false;
+    if (hold_tenant && t->tenant_id[0]) {
+        char iso[16];
+        int h =
+            migration_apply_hold_tenant(ap, t->tenant_id, iso, sizeof iso, &st);
+        if (h == 0) {
+            out->moving = 1;
+            snprintf(out->error, sizeof out->error,
+                     "tenant is moving: waiting for its move to finish");
+            return 0;
+        }
+        if (h > 0 && iso[0] && strcmp(iso, t->isolation) != 0) {
+            migration_apply_unhold_tenant(ap, t->tenant_id);
+            out->moved = 1;
+            snprintf(out->error, sizeof out->error,
+                     "tenant moved from %s to %s during the run: its new "
+                     "placement was migrated by the move",
+                     t->isolation, iso);
+            return 0;
+        }
+        if (h < 0) {
+            s_failed(out, 0, NULL, st.message);
+            return migration_store_ledger(ctrl, t, run_id, NULL, 0, status);
+        }
+        held = true;
+    }
     int latest = migration_files_latest(files);
     migration_applied_t *hist = NULL;
     size_t n_hist = 0;
-    kl_status_t st;
     migration_ledger_row_t *rows = kl_calloc((size_t)latest + 1, sizeof *rows);
     size_t n_rows = 0;
     if (migration_apply_history(ap, t, &hist, &n_hist, &st) < 0) {
@@ -99,6 +126,8 @@ migration_work_target(kl_pg_t *ctrl, migration_apply_t *ap,
         }
     }
     free(hist);
+    if (held)
+        migration_apply_unhold_tenant(ap, t->tenant_id);
     /* A database connection per tenant is not kept between targets. */
     migration_apply_release(ap);
     rc = migration_store_ledger(ctrl, t, run_id, rows, n_rows, status);

@@ -17,6 +17,7 @@
 #include "migration_files.h"
 #include "migration_target.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef struct {
@@ -25,17 +26,28 @@ typedef struct {
     int n_applied;
     int failed;         /* 1: the target failed */
     int failed_version; /* the migration that failed, 0: before any */
+    int moving;         /* 1: a move holds the tenant, nothing was done */
+    int moved; /* 1: the tenant moved since the run was made (error says
+                  where); its new placement was migrated by the move */
     char error[KL_STATUS_MESSAGE_MAX];
 } migration_work_result_t;
 
-/* Returns 0 when the target's outcome is decided and its ledger rows are
+/* hold_tenant (run workers): a tenant's target is migrated only while the
+ * tenant's move lock is held shared (migration_apply_hold_tenant): when a
+ * move holds it, out->moving is set and nothing is done or written; when
+ * the placement fence says the tenant has moved to another model since the
+ * target was computed, out->moved is set and nothing is applied.
+ * ProvisionTenant passes false: a move calls it while holding the lock.
+ *
+ * Returns 0 when the target's outcome is decided and its ledger rows are
  * written (out->failed says which), or -code when the control database
  * failed (the caller rolls back; the target is retried later). Free out
  * with migration_work_result_free. */
 int migration_work_target(kl_pg_t *ctrl, migration_apply_t *ap,
                           const migration_files_t *files,
                           const migration_target_t *t, int64_t run_id,
-                          migration_work_result_t *out, kl_status_t *status);
+                          bool hold_tenant, migration_work_result_t *out,
+                          kl_status_t *status);
 void migration_work_result_free(migration_work_result_t *r);
 
 #endif

@@ -281,10 +281,21 @@ tenant_provision_drop(const tenant_provision_t *self,
                       status);
     if (!q)
         return -(int)status->code;
-    char *sql = database ? kl_asprintf("DROP DATABASE IF EXISTS %s WITH "
-                                       "(FORCE)",
-                                       q)
-                         : kl_asprintf("DROP SCHEMA IF EXISTS %s CASCADE", q);
+    /* A schema's migration history lives beside it in the main database
+     * (kowloon_migration.history, target "tenant:<id>"), not in it: it goes
+     * with the schema, or a later provisioning of the same tenant (a move
+     * retried after a failure) would find every version "applied" to an
+     * empty schema. The id is a checked uuid (kl_tenant_place_check). */
+    char *sql =
+        database ? kl_asprintf("DROP DATABASE IF EXISTS %s WITH (FORCE)", q)
+                 : kl_asprintf("DROP SCHEMA IF EXISTS %s CASCADE;"
+                               "DO $kl$ BEGIN"
+                               " IF pg_catalog.to_regclass("
+                               "'kowloon_migration.history') IS NOT NULL THEN"
+                               " DELETE FROM kowloon_migration.history"
+                               " WHERE target = 'tenant:%s';"
+                               " END IF; END $kl$",
+                               q, place->tenant_id);
     rc = s_owner_exec(self, server, NULL, sql, status);
     free(sql);
     free(q);

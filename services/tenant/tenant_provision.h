@@ -86,7 +86,8 @@ int tenant_provision_migrate(const tenant_provision_t *self,
                              const kl_tenant_place_t *place,
                              kl_status_t *status);
 
-/* Removes place: DROP SCHEMA ... CASCADE or DROP DATABASE ... WITH
+/* Removes place: DROP SCHEMA ... CASCADE (and the schema's rows in the
+ * main database's kowloon_migration.history) or DROP DATABASE ... WITH
  * (FORCE). Row placements: nothing. Missing objects are not an error. */
 int tenant_provision_drop(const tenant_provision_t *self,
                           const kl_tenant_place_t *place, kl_status_t *status);

@@ -501,6 +501,11 @@ s_migrate_rpc(void *arg, const kl_tenant_place_t *place, kl_status_t *status)
         KOWLOON__MIGRATION__PROVISION_TENANT_REQUEST__INIT;
     req.tenant_id = (char *)place->tenant_id;
     req.isolation = (char *)kl_isolation_name(place->isolation);
+    /* The target's server: the tenant's record may still name another
+     * placement (a move provisions before it switches). */
+    req.db_server = place->isolation == KL_ISOLATION_DATABASE
+                        ? (char *)place->db_server
+                        : (char *)"";
     kl_call_ctx_t ctx = {.tenant_id = place->tenant_id};
     kl_call_opts_t copts = {.timeout_ms = 60000, .ctx = &ctx};
     ProtobufCMessage *out = NULL;
