@@ -4,6 +4,7 @@
  */
 #include "kl_alloc.h"
 #include "kl_pg.h"
+#include "kl_test_db.h"
 
 #include <pthread.h>
 #include <setjmp.h>
@@ -17,90 +18,31 @@
 
 #include <cmocka.h>
 
-static char *s_admin_url; /* KLTEST_PG_URL */
-static char *s_db_name;   /* this run's database */
-static char *s_db_url;    /* conninfo of this run's database */
-
-/* A keyword=value conninfo equal to url but for database dbname. */
-static char *
-s_conninfo_for(const char *url, const char *dbname)
-{
-    char *err = NULL;
-    PQconninfoOption *opts = PQconninfoParse(url, &err);
-    if (!opts) {
-        fprintf(stderr, "bad KLTEST_PG_URL: %s\n", err ? err : "?");
-        PQfreemem(err);
-        return NULL;
-    }
-    size_t cap = 1024, len = 0;
-    char *out = kl_calloc(1, cap);
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
-        const char *v = strcmp(o->keyword, "dbname") == 0 ? dbname : o->val;
-        if (!v)
-            continue;
-        while (len + strlen(o->keyword) + 2 * strlen(v) + 8 > cap) {
-            cap *= 2;
-            out = kl_realloc(out, cap);
-        }
-        len += (size_t)sprintf(out + len, "%s='", o->keyword);
-        for (const char *p = v; *p; p++) {
-            if (*p == '\'' || *p == '\\')
-                out[len++] = '\\';
-            out[len++] = *p;
-        }
-        out[len++] = '\'';
-        out[len++] = ' ';
-        out[len] = '\0';
-    }
-    PQconninfoFree(opts);
-    return out;
-}
+static kl_test_db_t *s_db;      /* this run's database */
+static const char *s_admin_url; /* KLTEST_PG_URL */
+static const char *s_db_url;    /* conninfo of this run's database */
 
 static void
 s_admin_exec(const char *sql)
 {
-    PGconn *c = PQconnectdb(s_admin_url);
-    assert_int_equal(PQstatus(c), CONNECTION_OK);
-    PGresult *r = PQexec(c, sql);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK &&
-        PQresultStatus(r) != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-    PQclear(r);
-    PQfinish(c);
+    assert_int_equal(kl_test_db_exec(s_admin_url, sql), 0);
 }
 
 static int
 s_group_setup(void **state)
 {
-    const char *url = getenv("KLTEST_PG_URL");
-    if (!url || !*url) {
-        fprintf(stderr, "test_kl_pg needs a PostgreSQL superuser URL: set "
-                        "KLTEST_PG_URL=postgresql://postgres@127.0.0.1:PORT/"
-                        "postgres (see deploy/local/lib.sh kl_pg_start)\n");
+    s_db = kl_test_db_new("test_kl_pg", "kltest_pg");
+    if (!s_db)
         return -1;
-    }
-    s_admin_url = kl_strdup(url);
-    s_db_name =
-        kl_asprintf("kltest_pg_%d_%ld", (int)getpid(), (long)time(NULL));
-    char *sql = kl_asprintf("CREATE DATABASE %s", s_db_name);
-    s_admin_exec(sql);
-    free(sql);
-    s_db_url = s_conninfo_for(s_admin_url, s_db_name);
-    return s_db_url ? 0 : -1;
+    s_admin_url = kl_test_db_admin_url(s_db);
+    s_db_url = kl_test_db_url(s_db);
+    return 0;
 }
 
 static int
 s_group_teardown(void **state)
 {
-    if (s_db_name) {
-        char *sql =
-            kl_asprintf("DROP DATABASE IF EXISTS %s WITH (FORCE)", s_db_name);
-        s_admin_exec(sql);
-        free(sql);
-    }
-    KL_FREE(&s_admin_url);
-    KL_FREE(&s_db_name);
-    KL_FREE(&s_db_url);
+    kl_test_db_destroy(&s_db);
     return 0;
 }
 

@@ -8,6 +8,7 @@
  */
 #include "kl_alloc.h"
 #include "kl_tenant_db.h"
+#include "kl_test_db.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -40,69 +41,16 @@ static char s_s[37], s_d1[37], s_d2[37], s_d3[37];
 static char *
 s_conninfo(const char *url, const char *dbname, const char *user)
 {
-    char *err = NULL;
-    PQconninfoOption *opts = PQconninfoParse(url, &err);
-    if (!opts)
-        fail_msg("bad KLTEST_PG_URL: %s", err ? err : "?");
-    size_t cap = 1024, len = 0;
-    char *out = kl_calloc(1, cap);
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
-        const char *v = o->val;
-        if (dbname && strcmp(o->keyword, "dbname") == 0)
-            v = dbname;
-        if (user && strcmp(o->keyword, "user") == 0)
-            v = user;
-        if (user && strcmp(o->keyword, "password") == 0)
-            v = NULL;
-        if (!v)
-            continue;
-        while (len + strlen(o->keyword) + 2 * strlen(v) + 8 > cap) {
-            cap *= 2;
-            out = kl_realloc(out, cap);
-        }
-        len += (size_t)sprintf(out + len, "%s='", o->keyword);
-        for (const char *p = v; *p; p++) {
-            if (*p == '\'' || *p == '\\')
-                out[len++] = '\\';
-            out[len++] = *p;
-        }
-        out[len++] = '\'';
-        out[len++] = ' ';
-        out[len] = '\0';
-    }
-    PQconninfoFree(opts);
+    char *out = kl_test_db_conninfo(url, dbname, user);
+    if (!out)
+        fail_msg("bad KLTEST_PG_URL");
     return out;
 }
 
 static void
 s_exec(const char *url, const char *sql)
 {
-    PGconn *c = PQconnectdb(url);
-    if (PQstatus(c) != CONNECTION_OK)
-        fail_msg("connect: %s", PQerrorMessage(c));
-    PGresult *r = PQexec(c, sql);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK &&
-        PQresultStatus(r) != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-    PQclear(r);
-    PQfinish(c);
-}
-
-static void
-s_uuid(char out[37])
-{
-    uint8_t b[16];
-    FILE *f = fopen("/dev/urandom", "rb");
-    assert_non_null(f);
-    assert_int_equal(fread(b, 1, sizeof b, f), sizeof b);
-    fclose(f);
-    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
-    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
-    snprintf(out, 37,
-             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x"
-             "%02x",
-             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10],
-             b[11], b[12], b[13], b[14], b[15]);
+    assert_int_equal(kl_test_db_exec(url, sql), 0);
 }
 
 /* The product-like table, created unqualified in the search_path schema. */
@@ -178,10 +126,10 @@ s_setup(void **state)
     s_owner_db = s_conninfo(s_admin, s_db, s_owner);
     s_app_db = s_conninfo(s_admin, s_db, s_app);
     s_make_schema(s_owner_db, "shared");
-    s_uuid(s_s);
-    s_uuid(s_d1);
-    s_uuid(s_d2);
-    s_uuid(s_d3);
+    kl_test_db_uuid(s_s);
+    kl_test_db_uuid(s_d1);
+    kl_test_db_uuid(s_d2);
+    kl_test_db_uuid(s_d3);
     kl_tenant_place_t p;
     kl_status_t st;
     assert_int_equal(

@@ -20,6 +20,8 @@
 #include "kl_log.h"
 #include "kl_pg.h"
 #include "kl_rpc_client.h"
+#include "kl_service.h"
+#include "kl_valid.h"
 #include "kowloon/billing.pb-c.h"
 #include "kowloon/flags.pb-c.h"
 #include "kowloon/tenant.pb-c.h"
@@ -53,55 +55,10 @@ struct billing_service {
     billing_outbox_t *outbox; /* owned; NULL until started */
     int (*fault)(const char *point, void *user);
     void *fault_user;
+    kl_service_t *std; /* owned; the workers' pg */
 };
 
-typedef struct {
-    kl_pg_t *pg; /* control database */
-} s_worker_t;
-
 /* --- helpers ----------------------------------------------------------- */
-
-static bool
-s_empty(const char *s)
-{
-    return !s || !*s;
-}
-
-static bool
-s_uuid_valid(const char *s)
-{
-    if (!s || strlen(s) != 36)
-        return false;
-    for (int i = 0; i < 36; i++) {
-        char c = s[i];
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (c != '-')
-                return false;
-        } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') ||
-                     (c >= 'A' && c <= 'F'))) {
-            return false;
-        }
-    }
-    return true;
-}
-
-/* [a-z0-9_-]{1,63}, as the tenant service's plans. */
-static int
-s_check_plan(const char *s, kl_status_t *status)
-{
-    size_t len = s ? strlen(s) : 0;
-    bool ok = len >= 1 && len <= 63;
-    for (size_t i = 0; ok && i < len; i++)
-        ok = (s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') ||
-             s[i] == '_' || s[i] == '-';
-    if (!ok)
-        return kl_status_set(status, KL_INVALID_ARGUMENT,
-                             len ? "plan \"%.64s\" is invalid: want 1 to 63 "
-                                   "of a-z, 0-9, _ and -"
-                                 : "plan is required%.0s",
-                             s ? s : "");
-    return 0;
-}
 
 /* A Stripe id as it may appear in a URL path. */
 static bool
@@ -117,36 +74,15 @@ s_stripe_id_valid(const char *s)
     return true;
 }
 
-static s_worker_t *
-s_worker(void *closure_data)
-{
-    return kl_call_worker(kl_call_from(closure_data));
-}
-
-/* Fails the call; server-side trouble is logged, client mistakes are not. */
-static void
-s_fail(void *closure_data, const char *what, const kl_status_t *status)
-{
-    if (status->code == KL_INTERNAL || status->code == KL_UNAVAILABLE ||
-        status->code == KL_ABORTED || status->code == KL_DEADLINE_EXCEEDED)
-        KL_LOG(status->code == KL_INTERNAL ? KL_ERROR : KL_WARN,
-               "%s failed: %s: %s", what, kl_code_name(status->code),
-               status->message);
-    kl_call_fail_status(kl_call_from(closure_data), status);
-}
-
 /* The tenant of a tenant-facing call: from the call context only. */
 static int
 s_ctx_tenant(void *closure_data, char tenant[37], kl_status_t *status)
 {
     const kl_call_ctx_t *ctx = kl_call_ctx(kl_call_from(closure_data));
-    if (!s_uuid_valid(ctx->tenant_id))
+    if (!kl_valid_uuid(ctx->tenant_id))
         return kl_status_set(status, KL_PERMISSION_DENIED,
                              "this method is called on behalf of a tenant");
-    snprintf(tenant, 37, "%s", ctx->tenant_id);
-    for (char *p = tenant; *p; p++)
-        if (*p >= 'A' && *p <= 'F')
-            *p = (char)(*p - 'A' + 'a');
+    kl_valid_uuid_lower(ctx->tenant_id, tenant);
     return 0;
 }
 
@@ -306,9 +242,10 @@ s_start(billing_service_t *self, kl_pg_t *pg, void *closure_data,
         const Kowloon__Billing__StartSubscriptionRequest *in,
         billing_row_t *row, kl_status_t *st)
 {
-    const char *method = s_empty(in->collection_method) ? "charge_automatically"
-                                                        : in->collection_method;
-    int rc = s_check_plan(in->plan, st);
+    const char *method = kl_valid_empty(in->collection_method)
+                             ? "charge_automatically"
+                             : in->collection_method;
+    int rc = kl_valid_check_plan("plan", in->plan, st);
     if (rc < 0)
         return rc;
     if (strcmp(method, "charge_automatically") != 0 &&
@@ -329,12 +266,12 @@ s_start(billing_service_t *self, kl_pg_t *pg, void *closure_data,
         return kl_status_set(st, KL_INVALID_ARGUMENT,
                              "trial_days must be -1 (none) to 730, got %d",
                              (int)in->trial_days);
-    if (!s_empty(in->email) &&
+    if (!kl_valid_empty(in->email) &&
         (strlen(in->email) > 254 || !strchr(in->email, '@')))
         return kl_status_set(st, KL_INVALID_ARGUMENT,
                              "email \"%.64s\" is not an email address",
                              in->email);
-    if (!s_empty(in->name) && strlen(in->name) > 256)
+    if (!kl_valid_empty(in->name) && strlen(in->name) > 256)
         return kl_status_set(st, KL_INVALID_ARGUMENT,
                              "name must be at most 256 bytes");
     char price[BILLING_ID_MAX];
@@ -358,9 +295,9 @@ s_start(billing_service_t *self, kl_pg_t *pg, void *closure_data,
     json_t *obj = NULL;
     if (!row->has_customer) {
         billing_form_t *f = billing_form_new();
-        if (!s_empty(in->email))
+        if (!kl_valid_empty(in->email))
             billing_form_add(f, "email", in->email);
-        billing_form_add(f, "name", s_empty(in->name) ? name : in->name);
+        billing_form_add(f, "name", kl_valid_empty(in->name) ? name : in->name);
         billing_form_add(f, "metadata[tenant_id]", tenant);
         rc = s_stripe_post(self, pg, tenant, "customer.create", "/v1/customers",
                            f, true, key, &obj, st);
@@ -450,7 +387,7 @@ s_start_subscription(Kowloon__Billing__BillingService_Service *svc,
                      void *closure_data)
 {
     billing_service_t *self = (billing_service_t *)svc;
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     char tenant[37];
     billing_row_t row;
@@ -458,7 +395,7 @@ s_start_subscription(Kowloon__Billing__BillingService_Service *svc,
     if (rc == 0)
         rc = s_start(self, w->pg, closure_data, tenant, in, &row, &st);
     if (rc < 0) {
-        s_fail(closure_data, "StartSubscription", &st);
+        kl_service_fail(closure_data, "StartSubscription", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -494,14 +431,14 @@ s_create_checkout_session(Kowloon__Billing__BillingService_Service *svc,
                           void *closure_data)
 {
     billing_service_t *self = (billing_service_t *)svc;
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     char tenant[37], price[BILLING_ID_MAX], key[64];
     billing_row_t row;
     json_t *obj = NULL;
     int rc = s_ctx_tenant(closure_data, tenant, &st);
     if (rc == 0)
-        rc = s_check_plan(in->plan, &st);
+        rc = kl_valid_check_plan("plan", in->plan, &st);
     if (rc == 0)
         rc = billing_plans_price_of(self->plans, in->plan, price, &st);
     if (rc == 0)
@@ -527,7 +464,7 @@ s_create_checkout_session(Kowloon__Billing__BillingService_Service *svc,
             s_key_done(w->pg, key);
     }
     if (rc < 0) {
-        s_fail(closure_data, "CreateCheckoutSession", &st);
+        kl_service_fail(closure_data, "CreateCheckoutSession", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -542,7 +479,7 @@ s_create_portal_session(Kowloon__Billing__BillingService_Service *svc,
                         void *closure_data)
 {
     billing_service_t *self = (billing_service_t *)svc;
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     char tenant[37], key[64];
     billing_row_t row;
@@ -566,7 +503,7 @@ s_create_portal_session(Kowloon__Billing__BillingService_Service *svc,
             s_key_done(w->pg, key);
     }
     if (rc < 0) {
-        s_fail(closure_data, "CreatePortalSession", &st);
+        kl_service_fail(closure_data, "CreatePortalSession", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -650,7 +587,7 @@ s_check_alipay(const billing_service_t *self,
         return kl_status_set(st, KL_INVALID_ARGUMENT,
                              "period_days must be 1 to 366, got %d",
                              (int)in->period_days);
-    if (s_empty(in->return_url))
+    if (kl_valid_empty(in->return_url))
         return kl_status_set(st, KL_INVALID_ARGUMENT,
                              "return_url is required: Alipay redirects the "
                              "payer back to it");
@@ -676,7 +613,7 @@ s_create_alipay_payment(Kowloon__Billing__BillingService_Service *svc,
                         void *closure_data)
 {
     billing_service_t *self = (billing_service_t *)svc;
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     char tenant[37], key[64];
     billing_row_t row;
@@ -709,7 +646,7 @@ s_create_alipay_payment(Kowloon__Billing__BillingService_Service *svc,
             s_key_done(w->pg, key);
     }
     if (rc < 0) {
-        s_fail(closure_data, "CreateAlipayPayment", &st);
+        kl_service_fail(closure_data, "CreateAlipayPayment", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -775,13 +712,13 @@ s_change_plan(Kowloon__Billing__BillingService_Service *svc,
               Kowloon__Billing__Billing_Closure closure, void *closure_data)
 {
     billing_service_t *self = (billing_service_t *)svc;
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     char tenant[37], price[BILLING_ID_MAX];
     billing_row_t row;
     int rc = s_ctx_tenant(closure_data, tenant, &st);
     if (rc == 0)
-        rc = s_check_plan(in->plan, &st);
+        rc = kl_valid_check_plan("plan", in->plan, &st);
     if (rc == 0)
         rc = billing_plans_price_of(self->plans, in->plan, price, &st);
     if (rc == 0)
@@ -799,7 +736,7 @@ s_change_plan(Kowloon__Billing__BillingService_Service *svc,
         billing_form_destroy(&f);
     }
     if (rc < 0) {
-        s_fail(closure_data, "ChangePlan", &st);
+        kl_service_fail(closure_data, "ChangePlan", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -813,7 +750,7 @@ s_cancel_at_period_end(Kowloon__Billing__BillingService_Service *svc,
                        void *closure_data)
 {
     billing_service_t *self = (billing_service_t *)svc;
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     char tenant[37];
     billing_row_t row;
@@ -827,7 +764,7 @@ s_cancel_at_period_end(Kowloon__Billing__BillingService_Service *svc,
         billing_form_destroy(&f);
     }
     if (rc < 0) {
-        s_fail(closure_data, "CancelAtPeriodEnd", &st);
+        kl_service_fail(closure_data, "CancelAtPeriodEnd", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -842,7 +779,7 @@ s_get_billing(Kowloon__Billing__BillingService_Service *svc,
               const Kowloon__Billing__GetBillingRequest *in,
               Kowloon__Billing__Billing_Closure closure, void *closure_data)
 {
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     char tenant[37];
     billing_row_t row;
@@ -850,7 +787,7 @@ s_get_billing(Kowloon__Billing__BillingService_Service *svc,
     if (rc == 0)
         rc = billing_store_get(w->pg, tenant, false, &row, &st);
     if (rc < 0) {
-        s_fail(closure_data, "GetBilling", &st);
+        kl_service_fail(closure_data, "GetBilling", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -863,19 +800,15 @@ s_get_tenant_billing(Kowloon__Billing__BillingService_Service *svc,
                      Kowloon__Billing__Billing_Closure closure,
                      void *closure_data)
 {
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     billing_row_t row;
     int rc = 0;
-    if (s_empty(in->tenant_id))
-        rc = kl_status_set(&st, KL_INVALID_ARGUMENT, "tenant_id is required");
-    else if (!s_uuid_valid(in->tenant_id))
-        rc = kl_status_set(&st, KL_INVALID_ARGUMENT,
-                           "tenant_id \"%.64s\" is not a UUID", in->tenant_id);
+    rc = kl_valid_check_uuid("tenant_id", in->tenant_id, &st);
     if (rc == 0)
         rc = billing_store_get(w->pg, in->tenant_id, false, &row, &st);
     if (rc < 0) {
-        s_fail(closure_data, "GetTenantBilling", &st);
+        kl_service_fail(closure_data, "GetTenantBilling", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -973,7 +906,7 @@ s_handle_webhook(Kowloon__Billing__BillingService_Service *svc,
                  void *closure_data)
 {
     billing_service_t *self = (billing_service_t *)svc;
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     char event_id[256] = "";
     bool duplicate = false;
@@ -981,7 +914,7 @@ s_handle_webhook(Kowloon__Billing__BillingService_Service *svc,
     if (rc < 0) {
         if (rc == -KL_INVALID_ARGUMENT)
             KL_LOG(KL_WARN, "webhook refused: %s", st.message);
-        s_fail(closure_data, "HandleWebhook", &st);
+        kl_service_fail(closure_data, "HandleWebhook", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -1001,7 +934,7 @@ static const Kowloon__Billing__BillingService_Service s_base =
 billing_service_t *
 billing_service_new(const billing_service_opts_t *opts, kl_status_t *status)
 {
-    if (s_empty(opts->database_url)) {
+    if (kl_valid_empty(opts->database_url)) {
         kl_status_set(status, KL_INVALID_ARGUMENT,
                       "billing service needs a database URL");
         return NULL;
@@ -1019,11 +952,11 @@ billing_service_new(const billing_service_opts_t *opts, kl_status_t *status)
             return NULL;
         }
     char o[512];
-    if (s_empty(opts->checkout_success_url) ||
+    if (kl_valid_empty(opts->checkout_success_url) ||
         !s_origin(opts->checkout_success_url, o, sizeof o) ||
-        s_empty(opts->checkout_cancel_url) ||
+        kl_valid_empty(opts->checkout_cancel_url) ||
         !s_origin(opts->checkout_cancel_url, o, sizeof o) ||
-        s_empty(opts->portal_return_url) ||
+        kl_valid_empty(opts->portal_return_url) ||
         !s_origin(opts->portal_return_url, o, sizeof o)) {
         kl_status_set(status, KL_INVALID_ARGUMENT,
                       "checkout success/cancel and portal return URLs must be "
@@ -1081,6 +1014,8 @@ billing_service_new(const billing_service_opts_t *opts, kl_status_t *status)
     self->plans = billing_plans_new(flags, S_PLANS_TTL_MS);
     self->fault = opts->fault;
     self->fault_user = opts->fault_user;
+    self->std = kl_service_new(&(kl_service_opts_t){
+        .name = "billing", .database_url = self->database_url});
     return self;
 }
 
@@ -1091,6 +1026,7 @@ billing_service_destroy(billing_service_t **self_p)
         return;
     billing_service_t *self = *self_p;
     billing_outbox_destroy(&self->outbox);
+    kl_service_destroy(&self->std);
     billing_plans_destroy(&self->plans);
     kl_rpc_client_destroy(&self->flags);
     kl_rpc_client_destroy(&self->tenant);
@@ -1138,41 +1074,8 @@ billing_service_base(billing_service_t *self)
     return &self->base.base;
 }
 
-static void *
-s_worker_init(int index, void *user)
-{
-    billing_service_t *self = user;
-    s_worker_t *w = kl_calloc(1, sizeof *w);
-    w->pg = kl_pg_new(self->database_url);
-    return w;
-}
-
-static void
-s_worker_fini(void *state, void *user)
-{
-    s_worker_t *w = state;
-    if (!w)
-        return;
-    kl_pg_destroy(&w->pg);
-    free(w);
-}
-
-static bool
-s_ready(void *state, void *user)
-{
-    s_worker_t *w = state;
-    PGresult *res =
-        kl_pg_query(w->pg, "billing_ready", "SELECT 1", 0, NULL, NULL);
-    bool ok = res != NULL;
-    PQclear(res);
-    return ok;
-}
-
 void
 billing_service_server_opts(billing_service_t *self, kl_rpc_server_opts_t *opts)
 {
-    opts->worker_init = s_worker_init;
-    opts->worker_fini = s_worker_fini;
-    opts->ready = s_ready;
-    opts->user = self;
+    kl_service_server_opts(self->std, opts);
 }

@@ -3,122 +3,68 @@
  */
 #include "flags_rules.h"
 
+#include "kl_valid.h"
+
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static bool
-s_empty(const char *s)
-{
-    return !s || !*s;
-}
-
-/* 1..max characters, each a-z, 0-9 or one of extra. */
-static bool
-s_charset(const char *s, size_t max, const char *extra)
-{
-    size_t len = s ? strlen(s) : 0;
-    if (len < 1 || len > max)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-              strchr(extra, c)))
-            return false;
-    }
-    return true;
-}
-
 bool
 flags_rules_plan_name_valid(const char *s)
 {
-    return s_charset(s, FLAGS_NAME_MAX, "_-");
+    return kl_valid_plan(s);
 }
 
 bool
 flags_rules_feature_name_valid(const char *s)
 {
-    return s_charset(s, FLAGS_NAME_MAX, "_");
+    return kl_valid_charset(s, FLAGS_NAME_MAX, "_");
 }
 
 bool
 flags_rules_flag_key_valid(const char *s)
 {
-    return s_charset(s, FLAGS_NAME_MAX, "_.-");
+    return kl_valid_charset(s, FLAGS_NAME_MAX, "_.-");
 }
 
 bool
 flags_rules_price_id_valid(const char *s)
 {
-    return s_charset(s, FLAGS_PRICE_ID_MAX, "_ABCDEFGHIJKLMNOPQRSTUVWXYZ");
-}
-
-static bool
-s_hex(char c)
-{
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') ||
-           (c >= 'A' && c <= 'F');
+    return kl_valid_charset(s, FLAGS_PRICE_ID_MAX,
+                            "_ABCDEFGHIJKLMNOPQRSTUVWXYZ");
 }
 
 bool
 flags_rules_uuid_valid(const char *s)
 {
-    if (!s || strlen(s) != 36)
-        return false;
-    for (int i = 0; i < 36; i++) {
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (s[i] != '-')
-                return false;
-        } else if (!s_hex(s[i])) {
-            return false;
-        }
-    }
-    return true;
+    return kl_valid_uuid(s);
 }
 
 void
 flags_rules_uuid_canonical(const char *s, char out[37])
 {
-    for (int i = 0; i < 36; i++) {
-        char c = s[i];
-        out[i] = (c >= 'A' && c <= 'F') ? (char)(c - 'A' + 'a') : c;
-    }
-    out[36] = '\0';
+    kl_valid_uuid_lower(s, out);
 }
 
 int
 flags_rules_check_plan_name(const char *field, const char *s,
                             kl_status_t *status)
 {
-    if (s_empty(s))
-        return kl_status_set(status, KL_INVALID_ARGUMENT, "%s is required",
-                             field);
-    if (!flags_rules_plan_name_valid(s))
-        return kl_status_set(status, KL_INVALID_ARGUMENT,
-                             "%s \"%.64s\" is invalid: want 1 to 63 of a-z, "
-                             "0-9, _ and -",
-                             field, s);
-    return 0;
+    return kl_valid_check_plan(field, s, status);
 }
 
 int
 flags_rules_check_uuid(const char *field, const char *s, kl_status_t *status)
 {
-    if (s_empty(s))
-        return kl_status_set(status, KL_INVALID_ARGUMENT, "%s is required",
-                             field);
-    if (!flags_rules_uuid_valid(s))
-        return kl_status_set(status, KL_INVALID_ARGUMENT,
-                             "%s \"%.64s\" is not a UUID", field, s);
-    return 0;
+    return kl_valid_check_uuid(field, s, status);
 }
 
 int
 flags_rules_check_feature_name(const char *what, const char *s,
                                kl_status_t *status)
 {
-    if (s_empty(s))
+    if (kl_valid_empty(s))
         return kl_status_set(status, KL_INVALID_ARGUMENT, "%s is required",
                              what);
     if (!flags_rules_feature_name_valid(s))
@@ -152,59 +98,12 @@ flags_rules_check_rollout(int32_t percent, kl_status_t *status)
     return 0;
 }
 
-/* Characters in s if it is well-formed UTF-8 (no overlong forms,
- * surrogates or code points past U+10FFFF), else -1. */
-static long
-s_utf8_chars(const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    long n = 0;
-    while (*p) {
-        unsigned c = *p;
-        int extra;
-        unsigned cp;
-        if (c < 0x80) {
-            extra = 0;
-            cp = c;
-        } else if (c >= 0xc2 && c <= 0xdf) {
-            extra = 1;
-            cp = c & 0x1f;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            extra = 2;
-            cp = c & 0x0f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            extra = 3;
-            cp = c & 0x07;
-        } else {
-            return -1;
-        }
-        for (int i = 1; i <= extra; i++) {
-            if ((p[i] & 0xc0) != 0x80)
-                return -1;
-            cp = cp << 6 | (p[i] & 0x3f);
-        }
-        if ((extra == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-            (extra == 3 && (cp < 0x10000 || cp > 0x10ffff)))
-            return -1;
-        p += 1 + extra;
-        n++;
-    }
-    return n;
-}
-
 int
 flags_rules_check_text(const char *field, const char *s, long max,
                        kl_status_t *status)
 {
-    long n = s_utf8_chars(s ? s : "");
-    if (n < 0)
-        return kl_status_set(status, KL_INVALID_ARGUMENT,
-                             "%s must be valid UTF-8", field);
-    if (n > max)
-        return kl_status_set(status, KL_INVALID_ARGUMENT,
-                             "%s must be at most %ld characters, got %ld",
-                             field, max, n);
-    return 0;
+    /* Empty text is allowed here; callers that need some check first. */
+    return kl_valid_check_text(field, s, max, false, status);
 }
 
 /* Reads n digits at *p as a number in lo..hi; advances *p. */

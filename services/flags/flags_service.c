@@ -12,6 +12,8 @@
 #include "kl_log.h"
 #include "kl_pg.h"
 #include "kl_redis.h"
+#include "kl_service.h"
+#include "kl_valid.h"
 #include "kowloon/flags.pb-c.h"
 
 #include <hiredis/hiredis.h>
@@ -50,39 +52,10 @@ struct flags_service {
     char *redis_url;      /* owned; "" disables events and the mirror */
     char *events_channel; /* owned */
     char epoch[37];       /* flags.state.epoch, read by migrate */
+    kl_service_t *std;    /* owned; the workers' pg and redis */
 };
 
-/* What each worker thread owns. */
-typedef struct {
-    kl_pg_t *pg;       /* control database */
-    kl_redis_t *redis; /* events and mirror (may be disabled) */
-} s_worker_t;
-
-static bool
-s_empty(const char *s)
-{
-    return !s || !*s;
-}
-
 /* --- answering -------------------------------------------------------- */
-
-static s_worker_t *
-s_worker(void *closure_data)
-{
-    return kl_call_worker(kl_call_from(closure_data));
-}
-
-/* Fails the call; server-side trouble is logged, client mistakes are not. */
-static void
-s_fail(void *closure_data, const char *what, const kl_status_t *status)
-{
-    if (status->code == KL_INTERNAL || status->code == KL_UNAVAILABLE ||
-        status->code == KL_ABORTED || status->code == KL_DEADLINE_EXCEEDED)
-        KL_LOG(status->code == KL_INTERNAL ? KL_ERROR : KL_WARN,
-               "%s failed: %s: %s", what, kl_code_name(status->code),
-               status->message);
-    kl_call_fail_status(kl_call_from(closure_data), status);
-}
 
 static void
 s_free(void *msg)
@@ -94,7 +67,7 @@ s_free(void *msg)
 /* Publishes a change after commit. Events are hints: a failure is logged
  * and the call still succeeds (caches expire by TTL). */
 static void
-s_publish(const flags_service_t *self, s_worker_t *w, const char *kind,
+s_publish(const flags_service_t *self, kl_service_worker_t *w, const char *kind,
           const char *id, const char *tenant_id, const char *action)
 {
     if (!self->redis_url[0])
@@ -155,7 +128,7 @@ s_features_json(const Kowloon__Flags__Plan *plan)
 }
 
 static void
-s_mirror_plan(const flags_service_t *self, s_worker_t *w,
+s_mirror_plan(const flags_service_t *self, kl_service_worker_t *w,
               const Kowloon__Flags__Plan *plan, const char *name,
               int64_t version)
 {
@@ -205,7 +178,7 @@ s_check_plan(const Kowloon__Flags__Plan *in, Kowloon__Flags__Plan *copy,
              kl_status_t *st)
 {
     *copy = *in;
-    if (s_empty(in->display_name))
+    if (kl_valid_empty(in->display_name))
         copy->display_name = in->name;
     int rc = flags_rules_check_plan_name("name", in->name, st);
     if (rc == 0)
@@ -269,7 +242,7 @@ s_check_plan(const Kowloon__Flags__Plan *in, Kowloon__Flags__Plan *copy,
 static int
 s_check_flag_key(const char *key, kl_status_t *st)
 {
-    if (s_empty(key))
+    if (kl_valid_empty(key))
         return kl_status_set(st, KL_INVALID_ARGUMENT, "key is required");
     if (!flags_rules_flag_key_valid(key))
         return kl_status_set(st, KL_INVALID_ARGUMENT,
@@ -376,7 +349,7 @@ s_plan_write(Kowloon__Flags__FlagsService_Service *svc,
              bool create)
 {
     flags_service_t *self = (flags_service_t *)svc;
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     const char *what = create ? "CreatePlan" : "UpdatePlan";
     kl_status_t st;
     Kowloon__Flags__Plan copy;
@@ -388,7 +361,7 @@ s_plan_write(Kowloon__Flags__FlagsService_Service *svc,
                  ? flags_store_plan_create(w->pg, &copy, &out, &version, &st)
                  : flags_store_plan_update(w->pg, &copy, &out, &version, &st);
     if (rc < 0) {
-        s_fail(closure_data, what, &st);
+        kl_service_fail(closure_data, what, &st);
         closure(NULL, closure_data);
         return;
     }
@@ -421,14 +394,14 @@ s_get_plan(Kowloon__Flags__FlagsService_Service *svc,
            const Kowloon__Flags__PlanName *in,
            Kowloon__Flags__Plan_Closure closure, void *closure_data)
 {
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     Kowloon__Flags__Plan *out = NULL;
     int rc = flags_rules_check_plan_name("name", in->name, &st);
     if (rc == 0)
         rc = flags_store_plan_get(w->pg, in->name, &out, &st);
     if (rc < 0) {
-        s_fail(closure_data, "GetPlan", &st);
+        kl_service_fail(closure_data, "GetPlan", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -442,11 +415,11 @@ s_list_plans(Kowloon__Flags__FlagsService_Service *svc,
              Kowloon__Flags__ListPlansResponse_Closure closure,
              void *closure_data)
 {
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     Kowloon__Flags__ListPlansResponse *out = NULL;
     if (flags_store_plan_list(w->pg, &out, NULL, &st) < 0) {
-        s_fail(closure_data, "ListPlans", &st);
+        kl_service_fail(closure_data, "ListPlans", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -461,14 +434,14 @@ s_delete_plan(Kowloon__Flags__FlagsService_Service *svc,
               void *closure_data)
 {
     flags_service_t *self = (flags_service_t *)svc;
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     int64_t version = 0;
     int rc = flags_rules_check_plan_name("name", in->name, &st);
     if (rc == 0)
         rc = flags_store_plan_delete(w->pg, in->name, &version, &st);
     if (rc < 0) {
-        s_fail(closure_data, "DeletePlan", &st);
+        kl_service_fail(closure_data, "DeletePlan", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -488,7 +461,7 @@ s_set_override(Kowloon__Flags__FlagsService_Service *svc,
                Kowloon__Flags__Override_Closure closure, void *closure_data)
 {
     flags_service_t *self = (flags_service_t *)svc;
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     char tenant[37];
     Kowloon__Flags__Override copy = *in;
@@ -502,14 +475,14 @@ s_set_override(Kowloon__Flags__FlagsService_Service *svc,
                            "value is required: set enabled or limit");
     if (rc == 0 && in->value_case == KOWLOON__FLAGS__OVERRIDE__VALUE_LIMIT)
         rc = flags_rules_check_limit(in->key, in->limit, &st);
-    if (rc == 0 && !s_empty(in->expires_at))
+    if (rc == 0 && !kl_valid_empty(in->expires_at))
         rc = flags_rules_check_time("expires_at", in->expires_at, &st);
     if (rc == 0) {
         copy.tenant_id = tenant;
         rc = flags_store_override_set(w->pg, &copy, &out, &version, &st);
     }
     if (rc < 0) {
-        s_fail(closure_data, "SetOverride", &st);
+        kl_service_fail(closure_data, "SetOverride", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -526,7 +499,7 @@ s_clear_override(Kowloon__Flags__FlagsService_Service *svc,
                  void *closure_data)
 {
     flags_service_t *self = (flags_service_t *)svc;
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     char tenant[37];
     int64_t version = 0;
@@ -536,7 +509,7 @@ s_clear_override(Kowloon__Flags__FlagsService_Service *svc,
     if (rc == 0)
         rc = flags_store_override_clear(w->pg, tenant, in->key, &version, &st);
     if (rc < 0) {
-        s_fail(closure_data, "ClearOverride", &st);
+        kl_service_fail(closure_data, "ClearOverride", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -553,7 +526,7 @@ s_list_overrides(Kowloon__Flags__FlagsService_Service *svc,
                  Kowloon__Flags__ListOverridesResponse_Closure closure,
                  void *closure_data)
 {
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     char tenant[37];
     Kowloon__Flags__ListOverridesResponse *out = NULL;
@@ -561,7 +534,7 @@ s_list_overrides(Kowloon__Flags__FlagsService_Service *svc,
     if (rc == 0)
         rc = flags_store_override_list(w->pg, tenant, &out, &st);
     if (rc < 0) {
-        s_fail(closure_data, "ListOverrides", &st);
+        kl_service_fail(closure_data, "ListOverrides", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -579,7 +552,7 @@ s_flag_write(Kowloon__Flags__FlagsService_Service *svc,
              bool create)
 {
     flags_service_t *self = (flags_service_t *)svc;
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     const char *what = create ? "CreateFlag" : "UpdateFlag";
     kl_status_t st;
     Kowloon__Flags__Flag copy;
@@ -594,7 +567,7 @@ s_flag_write(Kowloon__Flags__FlagsService_Service *svc,
     free(allow);
     free(deny);
     if (rc < 0) {
-        s_fail(closure_data, what, &st);
+        kl_service_fail(closure_data, what, &st);
         closure(NULL, closure_data);
         return;
     }
@@ -627,14 +600,14 @@ s_get_flag(Kowloon__Flags__FlagsService_Service *svc,
            const Kowloon__Flags__FlagKey *in,
            Kowloon__Flags__Flag_Closure closure, void *closure_data)
 {
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     Kowloon__Flags__Flag *out = NULL;
     int rc = s_check_flag_key(in->key, &st);
     if (rc == 0)
         rc = flags_store_flag_get(w->pg, in->key, &out, &st);
     if (rc < 0) {
-        s_fail(closure_data, "GetFlag", &st);
+        kl_service_fail(closure_data, "GetFlag", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -648,11 +621,11 @@ s_list_flags(Kowloon__Flags__FlagsService_Service *svc,
              Kowloon__Flags__ListFlagsResponse_Closure closure,
              void *closure_data)
 {
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     Kowloon__Flags__ListFlagsResponse *out = NULL;
     if (flags_store_flag_list(w->pg, &out, &st) < 0) {
-        s_fail(closure_data, "ListFlags", &st);
+        kl_service_fail(closure_data, "ListFlags", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -667,14 +640,14 @@ s_delete_flag(Kowloon__Flags__FlagsService_Service *svc,
               void *closure_data)
 {
     flags_service_t *self = (flags_service_t *)svc;
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     int64_t version = 0;
     int rc = s_check_flag_key(in->key, &st);
     if (rc == 0)
         rc = flags_store_flag_delete(w->pg, in->key, &version, &st);
     if (rc < 0) {
-        s_fail(closure_data, "DeleteFlag", &st);
+        kl_service_fail(closure_data, "DeleteFlag", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -692,7 +665,7 @@ s_evaluate(Kowloon__Flags__FlagsService_Service *svc,
            const Kowloon__Flags__EvaluateRequest *in,
            Kowloon__Flags__Entitlements_Closure closure, void *closure_data)
 {
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     char tenant[37];
     Kowloon__Flags__Entitlements *out = NULL;
@@ -702,7 +675,7 @@ s_evaluate(Kowloon__Flags__FlagsService_Service *svc,
     if (rc == 0)
         rc = flags_store_evaluate(w->pg, tenant, in->plan, &out, &st);
     if (rc < 0) {
-        s_fail(closure_data, "Evaluate", &st);
+        kl_service_fail(closure_data, "Evaluate", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -715,7 +688,7 @@ s_consume(Kowloon__Flags__FlagsService_Service *svc,
           const Kowloon__Flags__ConsumeRequest *in,
           Kowloon__Flags__ConsumeResponse_Closure closure, void *closure_data)
 {
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     char tenant[37];
     Kowloon__Flags__Usage *usage = NULL;
@@ -738,7 +711,7 @@ s_consume(Kowloon__Flags__FlagsService_Service *svc,
         rc = flags_store_consume(w->pg, tenant, in->plan, in->limit, in->n,
                                  &usage, &st);
     if (rc < 0) {
-        s_fail(closure_data, "Consume", &st);
+        kl_service_fail(closure_data, "Consume", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -754,7 +727,7 @@ s_get_usage(Kowloon__Flags__FlagsService_Service *svc,
             const Kowloon__Flags__UsageRequest *in,
             Kowloon__Flags__UsageResponse_Closure closure, void *closure_data)
 {
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     char tenant[37];
     Kowloon__Flags__UsageResponse *out = NULL;
@@ -764,7 +737,7 @@ s_get_usage(Kowloon__Flags__FlagsService_Service *svc,
     if (rc == 0)
         rc = flags_store_usage(w->pg, tenant, in->plan, &out, &st);
     if (rc < 0) {
-        s_fail(closure_data, "GetUsage", &st);
+        kl_service_fail(closure_data, "GetUsage", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -780,12 +753,12 @@ static const Kowloon__Flags__FlagsService_Service s_base =
 flags_service_t *
 flags_service_new(const flags_service_opts_t *opts, kl_status_t *status)
 {
-    if (s_empty(opts->database_url)) {
+    if (kl_valid_empty(opts->database_url)) {
         kl_status_set(status, KL_INVALID_ARGUMENT,
                       "flags service needs a database URL");
         return NULL;
     }
-    if (s_empty(opts->events_channel)) {
+    if (kl_valid_empty(opts->events_channel)) {
         kl_status_set(status, KL_INVALID_ARGUMENT,
                       "flags service needs an events channel");
         return NULL;
@@ -802,6 +775,11 @@ flags_service_new(const flags_service_opts_t *opts, kl_status_t *status)
     self->database_url = kl_strdup(opts->database_url);
     self->redis_url = kl_strdup(opts->redis_url ? opts->redis_url : "");
     self->events_channel = kl_strdup(opts->events_channel);
+    /* The Redis URL was checked above. */
+    self->std =
+        kl_service_new(&(kl_service_opts_t){.name = "flags",
+                                            .database_url = self->database_url,
+                                            .redis_url = self->redis_url});
     return self;
 }
 
@@ -811,6 +789,7 @@ flags_service_destroy(flags_service_t **self_p)
     if (!self_p || !*self_p)
         return;
     flags_service_t *self = *self_p;
+    kl_service_destroy(&self->std);
     free(self->database_url);
     free(self->redis_url);
     free(self->events_channel);
@@ -905,44 +884,8 @@ flags_service_base(flags_service_t *self)
     return &self->base.base;
 }
 
-static void *
-s_worker_init(int index, void *user)
-{
-    flags_service_t *self = user;
-    s_worker_t *w = kl_calloc(1, sizeof *w);
-    w->pg = kl_pg_new(self->database_url);
-    /* The URL was checked in flags_service_new. */
-    w->redis = kl_redis_new(self->redis_url, NULL);
-    return w;
-}
-
-static void
-s_worker_fini(void *state, void *user)
-{
-    s_worker_t *w = state;
-    if (!w)
-        return;
-    kl_pg_destroy(&w->pg);
-    kl_redis_destroy(&w->redis);
-    free(w);
-}
-
-static bool
-s_ready(void *state, void *user)
-{
-    s_worker_t *w = state;
-    PGresult *res =
-        kl_pg_query(w->pg, "flags_ready", "SELECT 1", 0, NULL, NULL);
-    bool ok = res != NULL;
-    PQclear(res);
-    return ok;
-}
-
 void
 flags_service_server_opts(flags_service_t *self, kl_rpc_server_opts_t *opts)
 {
-    opts->worker_init = s_worker_init;
-    opts->worker_fini = s_worker_fini;
-    opts->ready = s_ready;
-    opts->user = self;
+    kl_service_server_opts(self->std, opts);
 }

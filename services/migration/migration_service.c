@@ -6,6 +6,7 @@
 #include "kl_alloc.h"
 #include "kl_log.h"
 #include "kl_pg.h"
+#include "kl_service.h"
 #include "kowloon/migration.pb-c.h"
 #include "kowloon/tenant.pb-c.h"
 #include "migration_apply.h"
@@ -34,13 +35,17 @@ struct migration_service {
     int64_t tenants_timeout_ms;     /* per call */
     migration_runner_t *runner;     /* borrowed, may be NULL */
     char *app_role;                 /* owned; "": no grants */
+    /* owned; each RPC worker's control database connection (pg) and
+     * owner-role connections (extra, a migration_apply_t) */
+    kl_service_t *std;
 };
 
-/* What each RPC worker thread owns. */
-typedef struct {
-    kl_pg_t *pg;           /* control database */
-    migration_apply_t *ap; /* owner-role connections */
-} s_worker_t;
+/* The worker's owner-role connections. */
+static migration_apply_t *
+s_ap(kl_service_worker_t *w)
+{
+    return w->extra;
+}
 
 /* --- targets ------------------------------------------------------------- */
 
@@ -155,7 +160,7 @@ s_plan(Kowloon__Migration__MigrationService_Service *svc,
 {
     migration_service_t *self = (migration_service_t *)svc;
     kl_call_t *call = kl_call_from(cd);
-    s_worker_t *w = kl_call_worker(call);
+    kl_service_worker_t *w = kl_call_worker(call);
     kl_status_t st;
     s_targets_t ts = {0};
     if (s_collect(self, in->tenant_ids, in->n_tenant_ids, &ts, &st) < 0) {
@@ -199,7 +204,7 @@ s_plan(Kowloon__Migration__MigrationService_Service *svc,
         migration_applied_t *hist = NULL;
         size_t n_hist = 0;
         int cur = 0;
-        if (migration_apply_history(w->ap, t, &hist, &n_hist, &st) < 0 ||
+        if (migration_apply_history(s_ap(w), t, &hist, &n_hist, &st) < 0 ||
             migration_apply_check(self->files, hist, n_hist, &cur, &st) < 0) {
             errors[i] = kl_strdup(st.message);
             p->error = errors[i];
@@ -214,7 +219,7 @@ s_plan(Kowloon__Migration__MigrationService_Service *svc,
         }
         p->current_version = cur;
         free(hist);
-        migration_apply_release(w->ap);
+        migration_apply_release(s_ap(w));
     }
     out.migrations = mig_ps;
     out.n_migrations = n_files;
@@ -243,7 +248,7 @@ s_run(Kowloon__Migration__MigrationService_Service *svc,
 {
     migration_service_t *self = (migration_service_t *)svc;
     kl_call_t *call = kl_call_from(cd);
-    s_worker_t *w = kl_call_worker(call);
+    kl_service_worker_t *w = kl_call_worker(call);
     kl_status_t st;
     s_targets_t ts = {0};
     if (s_collect(self, in->tenant_ids, in->n_tenant_ids, &ts, &st) < 0) {
@@ -281,7 +286,7 @@ s_retry(Kowloon__Migration__MigrationService_Service *svc,
 {
     migration_service_t *self = (migration_service_t *)svc;
     kl_call_t *call = kl_call_from(cd);
-    s_worker_t *w = kl_call_worker(call);
+    kl_service_worker_t *w = kl_call_worker(call);
     kl_status_t st;
     int64_t run_id = 0;
     int n = 0;
@@ -315,7 +320,7 @@ s_status(Kowloon__Migration__MigrationService_Service *svc,
 {
     (void)svc;
     kl_call_t *call = kl_call_from(cd);
-    s_worker_t *w = kl_call_worker(call);
+    kl_service_worker_t *w = kl_call_worker(call);
     kl_status_t st;
     migration_run_status_t rs;
     if (in->run_id < 0 ||
@@ -378,7 +383,7 @@ s_provision_tenant(Kowloon__Migration__MigrationService_Service *svc,
 {
     migration_service_t *self = (migration_service_t *)svc;
     kl_call_t *call = kl_call_from(cd);
-    s_worker_t *w = kl_call_worker(call);
+    kl_service_worker_t *w = kl_call_worker(call);
     kl_status_t st;
     migration_target_t t;
     int rc;
@@ -408,7 +413,7 @@ s_provision_tenant(Kowloon__Migration__MigrationService_Service *svc,
     migration_work_result_t res;
     rc = kl_pg_begin(w->pg, &st);
     if (rc == 0)
-        rc = migration_work_target(w->pg, w->ap, self->files, &t, 0, false,
+        rc = migration_work_target(w->pg, s_ap(w), self->files, &t, 0, false,
                                    &res, &st);
     if (rc == 0)
         rc = kl_pg_commit(w->pg, &st);
@@ -441,6 +446,26 @@ s_provision_tenant(Kowloon__Migration__MigrationService_Service *svc,
 static const Kowloon__Migration__MigrationService_Service s_base =
     KOWLOON__MIGRATION__MIGRATION_SERVICE__INIT(s_);
 
+/* A worker's owner-role connections, on the worker thread. */
+static void *
+s_apply_init(int index, void *user)
+{
+    migration_service_t *self = user;
+    /* The URL was checked in migration_service_new. */
+    migration_apply_t *ap = migration_apply_new(self->owner_url, self->servers,
+                                                self->n_servers, NULL);
+    if (ap)
+        migration_apply_set_app_role(ap, self->app_role);
+    return ap;
+}
+
+static void
+s_apply_fini(void *extra, void *user)
+{
+    migration_apply_t *ap = extra;
+    migration_apply_destroy(&ap);
+}
+
 migration_service_t *
 migration_service_new(const migration_service_opts_t *opts, kl_status_t *status)
 {
@@ -472,6 +497,12 @@ migration_service_new(const migration_service_opts_t *opts, kl_status_t *status)
         opts->tenants_timeout_ms > 0 ? opts->tenants_timeout_ms : 10000;
     self->runner = opts->runner;
     self->app_role = kl_strdup(opts->app_role ? opts->app_role : "");
+    self->std =
+        kl_service_new(&(kl_service_opts_t){.name = "migration",
+                                            .database_url = self->database_url,
+                                            .extra_init = s_apply_init,
+                                            .extra_fini = s_apply_fini,
+                                            .extra_user = self});
     return self;
 }
 
@@ -481,6 +512,7 @@ migration_service_destroy(migration_service_t **self_p)
     if (!self_p || !*self_p)
         return;
     migration_service_t *self = *self_p;
+    kl_service_destroy(&self->std);
     free(self->database_url);
     free(self->owner_url);
     free(self->shared_schema);
@@ -495,51 +527,9 @@ migration_service_base(migration_service_t *self)
     return &self->base.base;
 }
 
-static void *
-s_worker_init(int index, void *user)
-{
-    (void)index;
-    migration_service_t *self = user;
-    s_worker_t *w = kl_calloc(1, sizeof *w);
-    w->pg = kl_pg_new(self->database_url);
-    /* The URL was checked in migration_service_new. */
-    w->ap = migration_apply_new(self->owner_url, self->servers, self->n_servers,
-                                NULL);
-    if (w->ap)
-        migration_apply_set_app_role(w->ap, self->app_role);
-    return w;
-}
-
-static void
-s_worker_fini(void *state, void *user)
-{
-    (void)user;
-    s_worker_t *w = state;
-    if (!w)
-        return;
-    kl_pg_destroy(&w->pg);
-    migration_apply_destroy(&w->ap);
-    free(w);
-}
-
-static bool
-s_ready(void *state, void *user)
-{
-    (void)user;
-    s_worker_t *w = state;
-    PGresult *res =
-        kl_pg_query(w->pg, "migration_ready", "SELECT 1", 0, NULL, NULL);
-    bool ok = res != NULL;
-    PQclear(res);
-    return ok;
-}
-
 void
 migration_service_server_opts(migration_service_t *self,
                               kl_rpc_server_opts_t *opts)
 {
-    opts->worker_init = s_worker_init;
-    opts->worker_fini = s_worker_fini;
-    opts->ready = s_ready;
-    opts->user = self;
+    kl_service_server_opts(self->std, opts);
 }

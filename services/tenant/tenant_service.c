@@ -9,7 +9,9 @@
 #include "kl_log.h"
 #include "kl_pg.h"
 #include "kl_redis.h"
+#include "kl_service.h"
 #include "kl_subdomain.h"
+#include "kl_valid.h"
 #include "kowloon/migration.pb-c.h"
 #include "kowloon/tenant.pb-c.h"
 #include "tenant_apikey.h"
@@ -43,30 +45,10 @@ struct tenant_service {
     kl_rpc_client_t *migration; /* borrowed */
     int64_t move_lock_timeout_ms;
     tenant_provision_t *prov; /* made at migrate; NULL: no provisioning */
+    kl_service_t *std;        /* owned; the workers' pg and redis */
 };
 
-/* What each worker thread owns. */
-typedef struct {
-    kl_pg_t *pg;       /* control database */
-    kl_redis_t *redis; /* event channel (may be disabled) */
-} s_worker_t;
-
 /* --- validation ------------------------------------------------------- */
-
-static bool
-s_empty(const char *s)
-{
-    return !s || !*s;
-}
-
-static bool
-s_one_of(const char *s, const char *const *set)
-{
-    for (; *set; set++)
-        if (strcmp(s, *set) == 0)
-            return true;
-    return false;
-}
 
 static const char *const s_isolations[] = {"row", "schema", "database", NULL};
 static const char *const s_create_statuses[] = {"trialing", "active", NULL};
@@ -75,121 +57,11 @@ static const char *const s_update_statuses[] = {"trialing", "active",
 static const char *const s_all_statuses[] = {"trialing",  "active",  "past_due",
                                              "suspended", "deleted", NULL};
 
-/* 8-4-4-4-12 hex digits, either case (PostgreSQL's uuid input). */
-static bool
-s_uuid_valid(const char *s)
-{
-    if (!s || strlen(s) != 36)
-        return false;
-    for (int i = 0; i < 36; i++) {
-        char c = s[i];
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (c != '-')
-                return false;
-        } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') ||
-                     (c >= 'A' && c <= 'F'))) {
-            return false;
-        }
-    }
-    return true;
-}
-
-static int
-s_check_uuid(const char *field, const char *s, kl_status_t *status)
-{
-    if (s_empty(s))
-        return kl_status_set(status, KL_INVALID_ARGUMENT, "%s is required",
-                             field);
-    if (!s_uuid_valid(s))
-        return kl_status_set(status, KL_INVALID_ARGUMENT,
-                             "%s \"%.64s\" is not a UUID", field, s);
-    return 0;
-}
-
-/* Characters in s if it is well-formed UTF-8 (no overlong forms,
- * surrogates or code points past U+10FFFF), else -1. */
-static long
-s_utf8_chars(const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    long n = 0;
-    while (*p) {
-        unsigned c = *p;
-        int extra;
-        unsigned cp;
-        if (c < 0x80) {
-            extra = 0;
-            cp = c;
-        } else if (c >= 0xc2 && c <= 0xdf) {
-            extra = 1;
-            cp = c & 0x1f;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            extra = 2;
-            cp = c & 0x0f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            extra = 3;
-            cp = c & 0x07;
-        } else {
-            return -1;
-        }
-        for (int i = 1; i <= extra; i++) {
-            if ((p[i] & 0xc0) != 0x80)
-                return -1;
-            cp = cp << 6 | (p[i] & 0x3f);
-        }
-        if ((extra == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-            (extra == 3 && (cp < 0x10000 || cp > 0x10ffff)))
-            return -1;
-        p += 1 + extra;
-        n++;
-    }
-    return n;
-}
-
 static int
 s_check_name(const char *field, const char *s, bool required,
              kl_status_t *status)
 {
-    if (s_empty(s))
-        return required ? kl_status_set(status, KL_INVALID_ARGUMENT,
-                                        "%s is required", field)
-                        : 0;
-    long n = s_utf8_chars(s);
-    if (n < 0)
-        return kl_status_set(status, KL_INVALID_ARGUMENT,
-                             "%s must be valid UTF-8", field);
-    if (n > TENANT_NAME_MAX)
-        return kl_status_set(status, KL_INVALID_ARGUMENT,
-                             "%s must be at most %d characters, got %ld", field,
-                             TENANT_NAME_MAX, n);
-    return 0;
-}
-
-/* [a-z0-9_-]{1,63} */
-static bool
-s_plan_valid(const char *s)
-{
-    size_t len = s ? strlen(s) : 0;
-    if (len < 1 || len > 63)
-        return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
-              c == '-'))
-            return false;
-    }
-    return true;
-}
-
-static int
-s_check_plan(const char *s, kl_status_t *status)
-{
-    if (!s_plan_valid(s))
-        return kl_status_set(status, KL_INVALID_ARGUMENT,
-                             "plan \"%.64s\" is invalid: want 1 to 63 of a-z, "
-                             "0-9, _ and -",
-                             s);
-    return 0;
+    return kl_valid_check_text(field, s, TENANT_NAME_MAX, required, status);
 }
 
 static int
@@ -206,117 +78,23 @@ s_check_subdomain(const tenant_service_t *self, const char *s,
     return 0;
 }
 
-/* --- page tokens: base64url of "<created_at µs>:<id>" ------------------ */
-
-static const char s_b64[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-static void
-s_b64url_encode(const uint8_t *in, size_t n, char *out)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        if (i + 1 < n)
-            v |= (uint32_t)in[i + 1] << 8;
-        if (i + 2 < n)
-            v |= in[i + 2];
-        out[o++] = s_b64[v >> 18 & 63];
-        out[o++] = s_b64[v >> 12 & 63];
-        if (i + 1 < n)
-            out[o++] = s_b64[v >> 6 & 63];
-        if (i + 2 < n)
-            out[o++] = s_b64[v & 63];
-    }
-    out[o] = '\0';
-}
-
-/* Strict: no padding, no other characters, no stray bits. Returns the
- * decoded length or -1. */
-static long
-s_b64url_decode(const char *in, uint8_t *out, size_t out_size)
-{
-    size_t len = strlen(in), o = 0;
-    if (len % 4 == 1)
-        return -1;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < len; i++) {
-        const char *p = in[i] ? strchr(s_b64, in[i]) : NULL;
-        if (!p)
-            return -1;
-        acc = acc << 6 | (uint32_t)(p - s_b64);
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (o >= out_size)
-                return -1;
-            out[o++] = (uint8_t)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
-    }
-    if (acc != 0)
-        return -1;
-    return (long)o;
-}
-
-static void
-s_token_encode(const tenant_row_t *last, char *out, size_t out_size)
-{
-    char raw[64];
-    int n = snprintf(raw, sizeof raw, "%lld:%s", (long long)last->created_usec,
-                     last->id);
-    if (n < 0 || (size_t)(n + 2) / 3 * 4 + 1 > out_size) {
-        out[0] = '\0';
-        return;
-    }
-    s_b64url_encode((const uint8_t *)raw, (size_t)n, out);
-}
+/* --- page tokens (kl_valid): the last row's created_at and id -------- */
 
 static int
 s_token_decode(const char *token, tenant_store_page_t *page, char id[37],
                kl_status_t *status)
 {
-    uint8_t raw[64];
-    long n =
-        strlen(token) < 100 ? s_b64url_decode(token, raw, sizeof raw - 1) : -1;
-    if (n > 0) {
-        raw[n] = '\0';
-        const char *s = (const char *)raw;
-        const char *colon = memchr(s, ':', (size_t)n);
-        char *end = NULL;
-        long long usec = colon ? strtoll(s, &end, 10) : 0;
-        if (colon && end == colon && colon > s && strlen(s) == (size_t)n &&
-            s_uuid_valid(colon + 1)) {
-            page->after = true;
-            page->after_usec = usec;
-            snprintf(id, 37, "%s", colon + 1);
-            page->after_id = id;
-            return 0;
-        }
-    }
-    return kl_status_set(status, KL_INVALID_ARGUMENT, "invalid page_token");
+    int64_t usec = 0;
+    int rc = kl_valid_page_token_decode(token, &usec, id, status);
+    if (rc < 0)
+        return rc;
+    page->after = true;
+    page->after_usec = usec;
+    page->after_id = id;
+    return 0;
 }
 
 /* --- answering -------------------------------------------------------- */
-
-static s_worker_t *
-s_worker(void *closure_data)
-{
-    return kl_call_worker(kl_call_from(closure_data));
-}
-
-/* Fails the call; server-side trouble is logged, client mistakes are not. */
-static void
-s_fail(void *closure_data, const char *what, const kl_status_t *status)
-{
-    if (status->code == KL_INTERNAL || status->code == KL_UNAVAILABLE ||
-        status->code == KL_ABORTED || status->code == KL_DEADLINE_EXCEEDED)
-        KL_LOG(status->code == KL_INTERNAL ? KL_ERROR : KL_WARN,
-               "%s failed: %s: %s", what, kl_code_name(status->code),
-               status->message);
-    kl_call_fail_status(kl_call_from(closure_data), status);
-}
 
 static void
 s_tenant_msg(const tenant_row_t *row, Kowloon__Tenant__Tenant *t)
@@ -349,9 +127,9 @@ s_key_msg(const tenant_key_row_t *row, Kowloon__Tenant__ApiKey *k)
 /* Publishes a change after commit. Events are hints: a failure is logged
  * and the call still succeeds (caches expire by TTL). */
 static void
-s_publish(const tenant_service_t *self, s_worker_t *w, const char *kind,
-          const char *id, const char *tenant_id, const char *subdomain,
-          const char *action)
+s_publish(const tenant_service_t *self, kl_service_worker_t *w,
+          const char *kind, const char *id, const char *tenant_id,
+          const char *subdomain, const char *action)
 {
     if (!self->redis_url[0])
         return;
@@ -382,12 +160,13 @@ s_answer_tenant(const tenant_row_t *row,
  * must be configured), else the configured server with the fewest live
  * database tenants, the first listed on a tie. */
 static int
-s_pick_server(const tenant_service_t *self, s_worker_t *w, const char *asked,
-              char out[KL_TENANT_NAME_MAX], kl_status_t *status)
+s_pick_server(const tenant_service_t *self, kl_service_worker_t *w,
+              const char *asked, char out[KL_TENANT_NAME_MAX],
+              kl_status_t *status)
 {
     const char *const *names = NULL;
     size_t n = self->prov ? tenant_provision_servers(self->prov, &names) : 0;
-    if (!s_empty(asked)) {
+    if (!kl_valid_empty(asked)) {
         if (n > 0 && !tenant_provision_has_server(self->prov, asked))
             return kl_status_set(status, KL_INVALID_ARGUMENT,
                                  "db_server \"%.64s\" is not a configured "
@@ -457,7 +236,7 @@ s_place_of(const tenant_service_t *self, const tenant_row_t *row,
 /* Provisions a new tenant's schema or database and fences it; on failure
  * the tenant's record is removed again (it never existed). */
 static int
-s_provision(const tenant_service_t *self, s_worker_t *w,
+s_provision(const tenant_service_t *self, kl_service_worker_t *w,
             const tenant_row_t *row, kl_status_t *status)
 {
     if (strcmp(row->isolation, "row") == 0)
@@ -524,25 +303,25 @@ s_create(Kowloon__Tenant__TenantService_Service *svc,
          Kowloon__Tenant__Tenant_Closure closure, void *closure_data)
 {
     tenant_service_t *self = (tenant_service_t *)svc;
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
-    const char *plan = s_empty(in->plan) ? self->default_plan : in->plan;
+    const char *plan = kl_valid_empty(in->plan) ? self->default_plan : in->plan;
     const char *isolation =
-        s_empty(in->isolation) ? self->default_isolation : in->isolation;
-    const char *status = s_empty(in->status) ? "trialing" : in->status;
+        kl_valid_empty(in->isolation) ? self->default_isolation : in->isolation;
+    const char *status = kl_valid_empty(in->status) ? "trialing" : in->status;
     tenant_row_t row;
 
     int rc = s_check_subdomain(self, in->subdomain, &st);
     if (rc == 0)
         rc = s_check_name("name", in->name, true, &st);
     if (rc == 0)
-        rc = s_check_plan(plan, &st);
-    if (rc == 0 && !s_one_of(isolation, s_isolations))
+        rc = kl_valid_check_plan("plan", plan, &st);
+    if (rc == 0 && !kl_valid_one_of(isolation, s_isolations))
         rc = kl_status_set(&st, KL_INVALID_ARGUMENT,
                            "isolation \"%.64s\" is invalid: want row, schema "
                            "or database",
                            isolation);
-    if (rc == 0 && !s_one_of(status, s_create_statuses))
+    if (rc == 0 && !kl_valid_one_of(status, s_create_statuses))
         rc = kl_status_set(&st, KL_INVALID_ARGUMENT,
                            "status \"%.64s\" is invalid at creation: want "
                            "trialing or active",
@@ -556,7 +335,7 @@ s_create(Kowloon__Tenant__TenantService_Service *svc,
     if (rc == 0)
         rc = s_provision(self, w, &row, &st);
     if (rc < 0) {
-        s_fail(closure_data, "Create", &st);
+        kl_service_fail(closure_data, "Create", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -571,14 +350,14 @@ s_get(Kowloon__Tenant__TenantService_Service *svc,
       const Kowloon__Tenant__GetTenantRequest *in,
       Kowloon__Tenant__Tenant_Closure closure, void *closure_data)
 {
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     tenant_row_t row;
-    int rc = s_check_uuid("id", in->id, &st);
+    int rc = kl_valid_check_uuid("id", in->id, &st);
     if (rc == 0)
         rc = tenant_store_get(w->pg, in->id, &row, &st);
     if (rc < 0) {
-        s_fail(closure_data, "Get", &st);
+        kl_service_fail(closure_data, "Get", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -590,14 +369,14 @@ s_get_by_subdomain(Kowloon__Tenant__TenantService_Service *svc,
                    const Kowloon__Tenant__GetBySubdomainRequest *in,
                    Kowloon__Tenant__Tenant_Closure closure, void *closure_data)
 {
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     tenant_row_t row;
     int rc = kl_subdomain_validate(in->subdomain, &st);
     if (rc == 0)
         rc = tenant_store_get_by_subdomain(w->pg, in->subdomain, &row, &st);
     if (rc < 0) {
-        s_fail(closure_data, "GetBySubdomain", &st);
+        kl_service_fail(closure_data, "GetBySubdomain", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -609,19 +388,14 @@ s_list(Kowloon__Tenant__TenantService_Service *svc,
        const Kowloon__Tenant__ListTenantsRequest *in,
        Kowloon__Tenant__ListTenantsResponse_Closure closure, void *closure_data)
 {
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     tenant_store_page_t page = {0};
     char after_id[37];
-    int rc = 0;
-
-    page.limit = in->page_size == 0 ? S_PAGE_DEFAULT : in->page_size;
-    if (in->page_size < 0 || in->page_size > S_PAGE_MAX)
-        rc = kl_status_set(&st, KL_INVALID_ARGUMENT,
-                           "page_size must be 1 to %d, got %d", S_PAGE_MAX,
-                           (int)in->page_size);
-    if (rc == 0 && !s_empty(in->status)) {
-        if (s_one_of(in->status, s_all_statuses))
+    int rc = kl_valid_check_page_size(in->page_size, S_PAGE_MAX, S_PAGE_DEFAULT,
+                                      &page.limit, &st);
+    if (rc == 0 && !kl_valid_empty(in->status)) {
+        if (kl_valid_one_of(in->status, s_all_statuses))
             page.status = in->status;
         else
             rc = kl_status_set(&st, KL_INVALID_ARGUMENT,
@@ -629,7 +403,7 @@ s_list(Kowloon__Tenant__TenantService_Service *svc,
                                "active, past_due, suspended or deleted",
                                in->status);
     }
-    if (rc == 0 && !s_empty(in->page_token))
+    if (rc == 0 && !kl_valid_empty(in->page_token))
         rc = s_token_decode(in->page_token, &page, after_id, &st);
 
     tenant_row_t *rows = NULL;
@@ -638,7 +412,7 @@ s_list(Kowloon__Tenant__TenantService_Service *svc,
     if (rc == 0)
         rc = tenant_store_list(w->pg, &page, &rows, &n, &more, &st);
     if (rc < 0) {
-        s_fail(closure_data, "List", &st);
+        kl_service_fail(closure_data, "List", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -648,9 +422,10 @@ s_list(Kowloon__Tenant__TenantService_Service *svc,
         s_tenant_msg(&rows[i], &msgs[i]);
         ptrs[i] = &msgs[i];
     }
-    char token[128] = "";
+    char token[KL_VALID_PAGE_TOKEN_SIZE] = "";
     if (more && n > 0)
-        s_token_encode(&rows[n - 1], token, sizeof token);
+        kl_valid_page_token_encode(rows[n - 1].created_usec, rows[n - 1].id,
+                                   token, sizeof token);
     Kowloon__Tenant__ListTenantsResponse out =
         KOWLOON__TENANT__LIST_TENANTS_RESPONSE__INIT;
     out.n_tenants = n;
@@ -668,14 +443,14 @@ s_change(tenant_service_t *self, void *closure_data, const char *what,
          const char *id, const char *name, const char *plan, const char *status,
          const char *action, Kowloon__Tenant__Tenant_Closure closure)
 {
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     tenant_row_t row;
-    int rc = s_check_uuid("id", id, &st);
+    int rc = kl_valid_check_uuid("id", id, &st);
     if (rc == 0)
         rc = tenant_store_update(w->pg, id, name, plan, status, &row, &st);
     if (rc < 0) {
-        s_fail(closure_data, what, &st);
+        kl_service_fail(closure_data, what, &st);
         closure(NULL, closure_data);
         return;
     }
@@ -690,27 +465,27 @@ s_update(Kowloon__Tenant__TenantService_Service *svc,
          Kowloon__Tenant__Tenant_Closure closure, void *closure_data)
 {
     kl_status_t st;
-    const char *name = s_empty(in->name) ? NULL : in->name;
-    const char *plan = s_empty(in->plan) ? NULL : in->plan;
-    const char *status = s_empty(in->status) ? NULL : in->status;
-    int rc = s_check_uuid("id", in->id, &st);
+    const char *name = kl_valid_empty(in->name) ? NULL : in->name;
+    const char *plan = kl_valid_empty(in->plan) ? NULL : in->plan;
+    const char *status = kl_valid_empty(in->status) ? NULL : in->status;
+    int rc = kl_valid_check_uuid("id", in->id, &st);
     if (rc == 0 && !name && !plan && !status)
         rc = kl_status_set(&st, KL_INVALID_ARGUMENT,
                            "nothing to update: set name, plan or status");
     if (rc == 0 && name)
         rc = s_check_name("name", name, true, &st);
     if (rc == 0 && plan)
-        rc = s_check_plan(plan, &st);
+        rc = kl_valid_check_plan("plan", plan, &st);
     if (rc == 0 && status && strcmp(status, "deleted") == 0)
         rc = kl_status_set(&st, KL_INVALID_ARGUMENT,
                            "status cannot be set to deleted: use Delete");
-    if (rc == 0 && status && !s_one_of(status, s_update_statuses))
+    if (rc == 0 && status && !kl_valid_one_of(status, s_update_statuses))
         rc = kl_status_set(&st, KL_INVALID_ARGUMENT,
                            "status \"%.64s\" is invalid: want trialing, "
                            "active, past_due or suspended",
                            status);
     if (rc < 0) {
-        s_fail(closure_data, "Update", &st);
+        kl_service_fail(closure_data, "Update", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -742,17 +517,17 @@ s_delete(Kowloon__Tenant__TenantService_Service *svc,
          Kowloon__Tenant__Tenant_Closure closure, void *closure_data)
 {
     tenant_service_t *self = (tenant_service_t *)svc;
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     tenant_row_t row;
     tenant_key_row_t *revoked = NULL;
     size_t n_revoked = 0;
-    int rc = s_check_uuid("id", in->id, &st);
+    int rc = kl_valid_check_uuid("id", in->id, &st);
     if (rc == 0)
         rc =
             tenant_store_delete(w->pg, in->id, &row, &revoked, &n_revoked, &st);
     if (rc < 0) {
-        s_fail(closure_data, "Delete", &st);
+        kl_service_fail(closure_data, "Delete", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -771,18 +546,18 @@ s_create_api_key(Kowloon__Tenant__TenantService_Service *svc,
                  Kowloon__Tenant__NewApiKey_Closure closure, void *closure_data)
 {
     tenant_service_t *self = (tenant_service_t *)svc;
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     tenant_key_row_t row;
     char key[TENANT_APIKEY_LEN + 1];
-    int rc = s_check_uuid("tenant_id", in->tenant_id, &st);
+    int rc = kl_valid_check_uuid("tenant_id", in->tenant_id, &st);
     if (rc == 0)
         rc = s_check_name("name", in->name, false, &st);
     if (rc == 0)
         rc = tenant_store_key_create(w->pg, in->tenant_id,
                                      in->name ? in->name : "", &row, key, &st);
     if (rc < 0) {
-        s_fail(closure_data, "CreateApiKey", &st);
+        kl_service_fail(closure_data, "CreateApiKey", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -808,10 +583,10 @@ s_delete_api_key(Kowloon__Tenant__TenantService_Service *svc,
                  void *closure_data)
 {
     tenant_service_t *self = (tenant_service_t *)svc;
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
-    int rc = s_check_uuid("tenant_id", in->tenant_id, &st);
-    if (rc == 0 && s_empty(in->key_id))
+    int rc = kl_valid_check_uuid("tenant_id", in->tenant_id, &st);
+    if (rc == 0 && kl_valid_empty(in->key_id))
         rc = kl_status_set(&st, KL_INVALID_ARGUMENT, "key_id is required");
     if (rc == 0 && !tenant_apikey_id_valid(in->key_id))
         rc = kl_status_set(&st, KL_INVALID_ARGUMENT,
@@ -821,7 +596,7 @@ s_delete_api_key(Kowloon__Tenant__TenantService_Service *svc,
     if (rc == 0)
         rc = tenant_store_key_delete(w->pg, in->tenant_id, in->key_id, &st);
     if (rc < 0) {
-        s_fail(closure_data, "DeleteApiKey", &st);
+        kl_service_fail(closure_data, "DeleteApiKey", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -839,15 +614,15 @@ s_list_api_keys(Kowloon__Tenant__TenantService_Service *svc,
                 Kowloon__Tenant__ListApiKeysResponse_Closure closure,
                 void *closure_data)
 {
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     tenant_key_row_t *rows = NULL;
     size_t n = 0;
-    int rc = s_check_uuid("id", in->id, &st);
+    int rc = kl_valid_check_uuid("id", in->id, &st);
     if (rc == 0)
         rc = tenant_store_key_list(w->pg, in->id, &rows, &n, &st);
     if (rc < 0) {
-        s_fail(closure_data, "ListApiKeys", &st);
+        kl_service_fail(closure_data, "ListApiKeys", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -873,7 +648,7 @@ s_resolve_api_key(Kowloon__Tenant__TenantService_Service *svc,
                   Kowloon__Tenant__ResolveApiKeyResponse_Closure closure,
                   void *closure_data)
 {
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     char id[TENANT_APIKEY_ID_LEN + 1];
     char tenant_id[37] = "";
@@ -889,7 +664,7 @@ s_resolve_api_key(Kowloon__Tenant__TenantService_Service *svc,
         int rc =
             tenant_store_key_lookup(w->pg, id, tenant_id, stored, &usable, &st);
         if (rc < 0 && rc != -KL_NOT_FOUND) {
-            s_fail(closure_data, "ResolveApiKey", &st);
+            kl_service_fail(closure_data, "ResolveApiKey", &st);
             closure(NULL, closure_data);
             return;
         }
@@ -915,7 +690,7 @@ s_resolve_api_key(Kowloon__Tenant__TenantService_Service *svc,
 
 /* Makes the mover's target the tenant's placement of record. */
 typedef struct {
-    s_worker_t *w;
+    kl_service_worker_t *w;
     tenant_row_t *row;
 } s_switch_t;
 
@@ -934,7 +709,7 @@ s_move(Kowloon__Tenant__TenantService_Service *svc,
        Kowloon__Tenant__MoveTenantResponse_Closure closure, void *closure_data)
 {
     tenant_service_t *self = (tenant_service_t *)svc;
-    s_worker_t *w = s_worker(closure_data);
+    kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     tenant_row_t row;
     kl_tenant_place_t from, to;
@@ -943,8 +718,8 @@ s_move(Kowloon__Tenant__TenantService_Service *svc,
     tenant_mover_result_t result;
     bool flagged = false;
 
-    int rc = s_check_uuid("id", in->id, &st);
-    if (rc == 0 && (s_empty(in->isolation) ||
+    int rc = kl_valid_check_uuid("id", in->id, &st);
+    if (rc == 0 && (kl_valid_empty(in->isolation) ||
                     kl_isolation_parse(in->isolation, &target, &st) < 0 ||
                     target == KL_ISOLATION_ROW))
         rc = kl_status_set(&st, KL_INVALID_ARGUMENT,
@@ -999,7 +774,7 @@ s_move(Kowloon__Tenant__TenantService_Service *svc,
             KL_LOG(KL_WARN, "moving tenant %s failed, it stays in %s: %s",
                    row.id, kl_isolation_name(from.isolation), st.message);
         }
-        s_fail(closure_data, "Move", &st);
+        kl_service_fail(closure_data, "Move", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -1036,12 +811,12 @@ static const Kowloon__Tenant__TenantService_Service s_base =
 tenant_service_t *
 tenant_service_new(const tenant_service_opts_t *opts, kl_status_t *status)
 {
-    if (s_empty(opts->database_url)) {
+    if (kl_valid_empty(opts->database_url)) {
         kl_status_set(status, KL_INVALID_ARGUMENT,
                       "tenant service needs a database URL");
         return NULL;
     }
-    if (!s_plan_valid(opts->default_plan)) {
+    if (!kl_valid_plan(opts->default_plan)) {
         kl_status_set(status, KL_INVALID_ARGUMENT,
                       "default plan \"%.64s\" is invalid: want 1 to 63 of "
                       "a-z, 0-9, _ and -",
@@ -1049,12 +824,12 @@ tenant_service_new(const tenant_service_opts_t *opts, kl_status_t *status)
         return NULL;
     }
     if (!opts->default_isolation ||
-        !s_one_of(opts->default_isolation, s_isolations)) {
+        !kl_valid_one_of(opts->default_isolation, s_isolations)) {
         kl_status_set(status, KL_INVALID_ARGUMENT,
                       "default isolation must be row, schema or database");
         return NULL;
     }
-    if (s_empty(opts->events_channel)) {
+    if (kl_valid_empty(opts->events_channel)) {
         kl_status_set(status, KL_INVALID_ARGUMENT,
                       "tenant service needs an events channel");
         return NULL;
@@ -1083,8 +858,9 @@ tenant_service_new(const tenant_service_opts_t *opts, kl_status_t *status)
     for (size_t i = 0; i < opts->n_owner_servers; i++)
         self->owner_servers[i] = kl_strdup(opts->owner_servers[i]);
     self->app_role = kl_strdup(opts->app_role ? opts->app_role : "");
-    self->shared_schema = kl_strdup(
-        s_empty(opts->shared_schema) ? "workspace" : opts->shared_schema);
+    self->shared_schema =
+        kl_strdup(kl_valid_empty(opts->shared_schema) ? "workspace"
+                                                      : opts->shared_schema);
     self->migrate = opts->migrate;
     self->migrate_arg = opts->migrate_arg;
     self->migration = opts->migration;
@@ -1094,6 +870,11 @@ tenant_service_new(const tenant_service_opts_t *opts, kl_status_t *status)
     }
     self->move_lock_timeout_ms =
         opts->move_lock_timeout_ms > 0 ? opts->move_lock_timeout_ms : 30000;
+    /* The Redis URL was checked above. */
+    self->std =
+        kl_service_new(&(kl_service_opts_t){.name = "tenant",
+                                            .database_url = self->database_url,
+                                            .redis_url = self->redis_url});
     return self;
 }
 
@@ -1103,6 +884,7 @@ tenant_service_destroy(tenant_service_t **self_p)
     if (!self_p || !*self_p)
         return;
     tenant_service_t *self = *self_p;
+    kl_service_destroy(&self->std);
     free(self->database_url);
     free(self->redis_url);
     free(self->events_channel);
@@ -1168,44 +950,8 @@ tenant_service_base(tenant_service_t *self)
     return &self->base.base;
 }
 
-static void *
-s_worker_init(int index, void *user)
-{
-    tenant_service_t *self = user;
-    s_worker_t *w = kl_calloc(1, sizeof *w);
-    w->pg = kl_pg_new(self->database_url);
-    /* The URL was checked in tenant_service_new. */
-    w->redis = kl_redis_new(self->redis_url, NULL);
-    return w;
-}
-
-static void
-s_worker_fini(void *state, void *user)
-{
-    s_worker_t *w = state;
-    if (!w)
-        return;
-    kl_pg_destroy(&w->pg);
-    kl_redis_destroy(&w->redis);
-    free(w);
-}
-
-static bool
-s_ready(void *state, void *user)
-{
-    s_worker_t *w = state;
-    PGresult *res =
-        kl_pg_query(w->pg, "tenant_ready", "SELECT 1", 0, NULL, NULL);
-    bool ok = res != NULL;
-    PQclear(res);
-    return ok;
-}
-
 void
 tenant_service_server_opts(tenant_service_t *self, kl_rpc_server_opts_t *opts)
 {
-    opts->worker_init = s_worker_init;
-    opts->worker_fini = s_worker_fini;
-    opts->ready = s_ready;
-    opts->user = self;
+    kl_service_server_opts(self->std, opts);
 }

@@ -10,7 +10,9 @@
 #include "kl_log.h"
 #include "kl_pg.h"
 #include "kl_redis.h"
+#include "kl_service.h"
 #include "kl_tenant_db.h"
+#include "kl_valid.h"
 #include "kowloon/flags.pb-c.h"
 #include "kowloon/workspace.pb-c.h"
 #include "workspace_placement.h"
@@ -56,207 +58,23 @@ typedef struct {
 
 /* --- validation ------------------------------------------------------- */
 
-static bool
-s_empty(const char *s)
-{
-    return !s || !*s;
-}
-
-/* 8-4-4-4-12 hex digits, either case (PostgreSQL's uuid input). */
-static bool
-s_uuid_valid(const char *s)
-{
-    if (!s || strlen(s) != 36)
-        return false;
-    for (int i = 0; i < 36; i++) {
-        char c = s[i];
-        if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (c != '-')
-                return false;
-        } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') ||
-                     (c >= 'A' && c <= 'F'))) {
-            return false;
-        }
-    }
-    return true;
-}
-
-static int
-s_check_uuid(const char *field, const char *s, kl_status_t *status)
-{
-    if (s_empty(s))
-        return kl_status_set(status, KL_INVALID_ARGUMENT, "%s is required",
-                             field);
-    if (!s_uuid_valid(s))
-        return kl_status_set(status, KL_INVALID_ARGUMENT,
-                             "%s \"%.64s\" is not a UUID", field, s);
-    return 0;
-}
-
-/* Characters in s if it is well-formed UTF-8 (no overlong forms,
- * surrogates or code points past U+10FFFF), else -1. */
-static long
-s_utf8_chars(const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    long n = 0;
-    while (*p) {
-        unsigned c = *p;
-        int extra;
-        unsigned cp;
-        if (c < 0x80) {
-            extra = 0;
-            cp = c;
-        } else if (c >= 0xc2 && c <= 0xdf) {
-            extra = 1;
-            cp = c & 0x1f;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            extra = 2;
-            cp = c & 0x0f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            extra = 3;
-            cp = c & 0x07;
-        } else {
-            return -1;
-        }
-        for (int i = 1; i <= extra; i++) {
-            if ((p[i] & 0xc0) != 0x80)
-                return -1;
-            cp = cp << 6 | (p[i] & 0x3f);
-        }
-        if ((extra == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-            (extra == 3 && (cp < 0x10000 || cp > 0x10ffff)))
-            return -1;
-        p += 1 + extra;
-        n++;
-    }
-    return n;
-}
-
-/* Text of at most max characters; required: at least one. */
-static int
-s_check_text(const char *field, const char *s, long max, bool required,
-             kl_status_t *status)
-{
-    if (s_empty(s))
-        return required ? kl_status_set(status, KL_INVALID_ARGUMENT,
-                                        "%s is required", field)
-                        : 0;
-    long n = s_utf8_chars(s);
-    if (n < 0)
-        return kl_status_set(status, KL_INVALID_ARGUMENT,
-                             "%s must be valid UTF-8", field);
-    if (n > max)
-        return kl_status_set(status, KL_INVALID_ARGUMENT,
-                             "%s must be at most %ld characters, got %ld",
-                             field, max, n);
-    return 0;
-}
-
-static int
-s_check_page_size(int32_t size, int max, int def, int *out, kl_status_t *status)
-{
-    if (size < 0 || size > max)
-        return kl_status_set(status, KL_INVALID_ARGUMENT,
-                             "page_size must be 1 to %d, got %d", max,
-                             (int)size);
-    *out = size == 0 ? def : size;
-    return 0;
-}
-
-/* --- page tokens: base64url of "<created_at µs>:<id>" ------------------ */
-
-static const char s_b64[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-static void
-s_b64url_encode(const uint8_t *in, size_t n, char *out)
-{
-    size_t o = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        if (i + 1 < n)
-            v |= (uint32_t)in[i + 1] << 8;
-        if (i + 2 < n)
-            v |= in[i + 2];
-        out[o++] = s_b64[v >> 18 & 63];
-        out[o++] = s_b64[v >> 12 & 63];
-        if (i + 1 < n)
-            out[o++] = s_b64[v >> 6 & 63];
-        if (i + 2 < n)
-            out[o++] = s_b64[v & 63];
-    }
-    out[o] = '\0';
-}
-
-/* Strict: no padding, no other characters, no stray bits. Returns the
- * decoded length or -1. */
-static long
-s_b64url_decode(const char *in, uint8_t *out, size_t out_size)
-{
-    size_t len = strlen(in), o = 0;
-    if (len % 4 == 1)
-        return -1;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < len; i++) {
-        const char *p = in[i] ? strchr(s_b64, in[i]) : NULL;
-        if (!p)
-            return -1;
-        acc = acc << 6 | (uint32_t)(p - s_b64);
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (o >= out_size)
-                return -1;
-            out[o++] = (uint8_t)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
-    }
-    if (acc != 0)
-        return -1;
-    return (long)o;
-}
-
-static void
-s_token_encode(int64_t usec, const char *id, char *out, size_t out_size)
-{
-    char raw[64];
-    int n = snprintf(raw, sizeof raw, "%lld:%s", (long long)usec, id);
-    if (n < 0 || (size_t)n >= sizeof raw ||
-        (size_t)(n + 2) / 3 * 4 + 1 > out_size) {
-        out[0] = '\0';
-        return;
-    }
-    s_b64url_encode((const uint8_t *)raw, (size_t)n, out);
-}
+/* --- page tokens (kl_valid): the last row's created_at and id -------- */
 
 /* Empty token: first page. id receives the key's id (page->after_id). */
 static int
 s_token_decode(const char *token, workspace_page_t *page, char id[37],
                kl_status_t *status)
 {
-    if (s_empty(token))
+    if (kl_valid_empty(token))
         return 0;
-    uint8_t raw[64];
-    long n =
-        strlen(token) < 100 ? s_b64url_decode(token, raw, sizeof raw - 1) : -1;
-    if (n > 0) {
-        raw[n] = '\0';
-        const char *s = (const char *)raw;
-        const char *colon = memchr(s, ':', (size_t)n);
-        char *end = NULL;
-        long long usec = colon ? strtoll(s, &end, 10) : 0;
-        if (colon && end == colon && colon > s && strlen(s) == (size_t)n &&
-            s_uuid_valid(colon + 1)) {
-            page->after = true;
-            page->after_usec = usec;
-            snprintf(id, 37, "%s", colon + 1);
-            page->after_id = id;
-            return 0;
-        }
-    }
-    return kl_status_set(status, KL_INVALID_ARGUMENT, "invalid page_token");
+    int64_t usec = 0;
+    int rc = kl_valid_page_token_decode(token, &usec, id, status);
+    if (rc < 0)
+        return rc;
+    page->after = true;
+    page->after_usec = usec;
+    page->after_id = id;
+    return 0;
 }
 
 /* --- calls ------------------------------------------------------------ */
@@ -279,10 +97,10 @@ static int
 s_tenant(void *closure_data, const char **tenant_id, kl_status_t *status)
 {
     const char *t = s_ctx(closure_data)->tenant_id;
-    if (s_empty(t))
+    if (kl_valid_empty(t))
         return kl_status_set(status, KL_UNAUTHENTICATED,
                              "no tenant in call context");
-    if (!s_uuid_valid(t))
+    if (!kl_valid_uuid(t))
         return kl_status_set(status, KL_UNAUTHENTICATED,
                              "tenant in call context is not a UUID");
     *tenant_id = t;
@@ -346,18 +164,6 @@ s_end(s_worker_t *w, int rc, kl_status_t *status)
         return rc;
     }
     return kl_tenant_tx_commit(w->tdb, pg, status);
-}
-
-/* Fails the call; server-side trouble is logged, client mistakes are not. */
-static void
-s_fail(void *closure_data, const char *what, const kl_status_t *status)
-{
-    if (status->code == KL_INTERNAL || status->code == KL_UNAVAILABLE ||
-        status->code == KL_ABORTED || status->code == KL_DEADLINE_EXCEEDED)
-        KL_LOG(status->code == KL_INTERNAL ? KL_ERROR : KL_WARN,
-               "%s failed: %s: %s", what, kl_code_name(status->code),
-               status->message);
-    kl_call_fail_status(kl_call_from(closure_data), status);
 }
 
 /* Publishes a change after commit. Events are hints: a failure is logged
@@ -499,7 +305,7 @@ s_answer_project(void *closure_data, const char *what, int rc,
                  Kowloon__Workspace__Project_Closure closure)
 {
     if (rc < 0) {
-        s_fail(closure_data, what, st);
+        kl_service_fail(closure_data, what, st);
         closure(NULL, closure_data);
     } else {
         Kowloon__Workspace__Project p;
@@ -515,7 +321,7 @@ s_answer_task(void *closure_data, const char *what, int rc,
               Kowloon__Workspace__Task_Closure closure)
 {
     if (rc < 0) {
-        s_fail(closure_data, what, st);
+        kl_service_fail(closure_data, what, st);
         closure(NULL, closure_data);
     } else {
         Kowloon__Workspace__Task t;
@@ -531,7 +337,7 @@ s_answer_deleted(void *closure_data, const char *what, int rc,
                  Kowloon__Workspace__DeleteResponse_Closure closure)
 {
     if (rc < 0) {
-        s_fail(closure_data, what, st);
+        kl_service_fail(closure_data, what, st);
         closure(NULL, closure_data);
         return;
     }
@@ -556,14 +362,15 @@ s_create_project(Kowloon__Workspace__WorkspaceService_Service *svc,
     const char *tenant_id = NULL;
 
     int rc = s_tenant(closure_data, &tenant_id, &st);
-    if (rc == 0 && s_empty(ctx->plan))
+    if (rc == 0 && kl_valid_empty(ctx->plan))
         rc = kl_status_set(&st, KL_FAILED_PRECONDITION,
                            "no plan in call context");
     if (rc == 0)
-        rc = s_check_text("name", in->name, WORKSPACE_NAME_MAX, true, &st);
+        rc = kl_valid_check_text("name", in->name, WORKSPACE_NAME_MAX, true,
+                                 &st);
     if (rc == 0)
-        rc = s_check_text("description", in->description, S_TEXT_MAX, false,
-                          &st);
+        rc = kl_valid_check_text("description", in->description, S_TEXT_MAX,
+                                 false, &st);
     /* Counted first: of many concurrent creates only those the limit
      * allows get past this point. */
     if (rc == 0)
@@ -599,7 +406,7 @@ s_get_project(Kowloon__Workspace__WorkspaceService_Service *svc,
     kl_status_t st;
     int rc = s_tenant(closure_data, &(const char *){NULL}, &st);
     if (rc == 0)
-        rc = s_check_uuid("id", in->id, &st);
+        rc = kl_valid_check_uuid("id", in->id, &st);
     if (rc == 0)
         rc = s_begin_read(closure_data, &w, &st);
     if (rc == 0) {
@@ -623,8 +430,8 @@ s_list_projects(Kowloon__Workspace__WorkspaceService_Service *svc,
     kl_status_t st;
     int rc = s_tenant(closure_data, &(const char *){NULL}, &st);
     if (rc == 0)
-        rc = s_check_page_size(in->page_size, S_PAGE_MAX, S_PAGE_DEFAULT,
-                               &page.limit, &st);
+        rc = kl_valid_check_page_size(in->page_size, S_PAGE_MAX, S_PAGE_DEFAULT,
+                                      &page.limit, &st);
     if (rc == 0)
         rc = s_token_decode(in->page_token, &page, after_id, &st);
     if (rc == 0)
@@ -635,7 +442,7 @@ s_list_projects(Kowloon__Workspace__WorkspaceService_Service *svc,
     }
     if (rc < 0) {
         workspace_store_rows_free(&rows);
-        s_fail(closure_data, "ListProjects", &st);
+        kl_service_fail(closure_data, "ListProjects", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -646,10 +453,11 @@ s_list_projects(Kowloon__Workspace__WorkspaceService_Service *svc,
         s_project_msg(&rows.projects[i], &msgs[i]);
         ptrs[i] = &msgs[i];
     }
-    char token[128] = "";
+    char token[KL_VALID_PAGE_TOKEN_SIZE] = "";
     if (more && n > 0)
-        s_token_encode(rows.projects[n - 1].created_usec,
-                       rows.projects[n - 1].id, token, sizeof token);
+        kl_valid_page_token_encode(rows.projects[n - 1].created_usec,
+                                   rows.projects[n - 1].id, token,
+                                   sizeof token);
     Kowloon__Workspace__ListProjectsResponse out =
         KOWLOON__WORKSPACE__LIST_PROJECTS_RESPONSE__INIT;
     out.n_projects = n;
@@ -671,18 +479,20 @@ s_update_project(Kowloon__Workspace__WorkspaceService_Service *svc,
     s_worker_t *w = NULL;
     workspace_rows_t rows = {0};
     kl_status_t st;
-    const char *name = s_empty(in->name) ? NULL : in->name;
-    const char *description = s_empty(in->description) ? NULL : in->description;
+    const char *name = kl_valid_empty(in->name) ? NULL : in->name;
+    const char *description =
+        kl_valid_empty(in->description) ? NULL : in->description;
     int rc = s_tenant(closure_data, &(const char *){NULL}, &st);
     if (rc == 0)
-        rc = s_check_uuid("id", in->id, &st);
+        rc = kl_valid_check_uuid("id", in->id, &st);
     if (rc == 0 && !name && !description)
         rc = kl_status_set(&st, KL_INVALID_ARGUMENT,
                            "nothing to update: set name or description");
     if (rc == 0)
-        rc = s_check_text("name", name, WORKSPACE_NAME_MAX, false, &st);
+        rc = kl_valid_check_text("name", name, WORKSPACE_NAME_MAX, false, &st);
     if (rc == 0)
-        rc = s_check_text("description", description, S_TEXT_MAX, false, &st);
+        rc = kl_valid_check_text("description", description, S_TEXT_MAX, false,
+                                 &st);
     if (rc == 0)
         rc = s_begin(closure_data, &w, &st);
     if (rc == 0) {
@@ -707,11 +517,11 @@ s_delete_project(Kowloon__Workspace__WorkspaceService_Service *svc,
     s_worker_t *w = NULL;
     kl_status_t st;
     int rc = s_tenant(closure_data, &(const char *){NULL}, &st);
-    if (rc == 0 && s_empty(ctx->plan))
+    if (rc == 0 && kl_valid_empty(ctx->plan))
         rc = kl_status_set(&st, KL_FAILED_PRECONDITION,
                            "no plan in call context");
     if (rc == 0)
-        rc = s_check_uuid("id", in->id, &st);
+        rc = kl_valid_check_uuid("id", in->id, &st);
     if (rc == 0)
         rc = s_begin(closure_data, &w, &st);
     if (rc == 0) {
@@ -741,11 +551,12 @@ s_create_task(Kowloon__Workspace__WorkspaceService_Service *svc,
     kl_status_t st;
     int rc = s_tenant(closure_data, &(const char *){NULL}, &st);
     if (rc == 0)
-        rc = s_check_uuid("project_id", in->project_id, &st);
+        rc = kl_valid_check_uuid("project_id", in->project_id, &st);
     if (rc == 0)
-        rc = s_check_text("title", in->title, WORKSPACE_TITLE_MAX, true, &st);
+        rc = kl_valid_check_text("title", in->title, WORKSPACE_TITLE_MAX, true,
+                                 &st);
     if (rc == 0)
-        rc = s_check_text("notes", in->notes, S_TEXT_MAX, false, &st);
+        rc = kl_valid_check_text("notes", in->notes, S_TEXT_MAX, false, &st);
     if (rc == 0)
         rc = s_begin(closure_data, &w, &st);
     if (rc == 0) {
@@ -762,9 +573,9 @@ s_create_task(Kowloon__Workspace__WorkspaceService_Service *svc,
 static int
 s_check_task_ref(const char *project_id, const char *id, kl_status_t *status)
 {
-    int rc = s_check_uuid("project_id", project_id, status);
+    int rc = kl_valid_check_uuid("project_id", project_id, status);
     if (rc == 0)
-        rc = s_check_uuid("id", id, status);
+        rc = kl_valid_check_uuid("id", id, status);
     return rc;
 }
 
@@ -803,10 +614,10 @@ s_list_tasks(Kowloon__Workspace__WorkspaceService_Service *svc,
     kl_status_t st;
     int rc = s_tenant(closure_data, &(const char *){NULL}, &st);
     if (rc == 0)
-        rc = s_check_uuid("project_id", in->project_id, &st);
+        rc = kl_valid_check_uuid("project_id", in->project_id, &st);
     if (rc == 0)
-        rc = s_check_page_size(in->page_size, S_PAGE_MAX, S_PAGE_DEFAULT,
-                               &page.limit, &st);
+        rc = kl_valid_check_page_size(in->page_size, S_PAGE_MAX, S_PAGE_DEFAULT,
+                                      &page.limit, &st);
     if (rc == 0)
         rc = s_token_decode(in->page_token, &page, after_id, &st);
     if (rc == 0)
@@ -818,7 +629,7 @@ s_list_tasks(Kowloon__Workspace__WorkspaceService_Service *svc,
     }
     if (rc < 0) {
         workspace_store_rows_free(&rows);
-        s_fail(closure_data, "ListTasks", &st);
+        kl_service_fail(closure_data, "ListTasks", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -829,10 +640,10 @@ s_list_tasks(Kowloon__Workspace__WorkspaceService_Service *svc,
         s_task_msg(&rows.tasks[i], &msgs[i]);
         ptrs[i] = &msgs[i];
     }
-    char token[128] = "";
+    char token[KL_VALID_PAGE_TOKEN_SIZE] = "";
     if (more && n > 0)
-        s_token_encode(rows.tasks[n - 1].created_usec, rows.tasks[n - 1].id,
-                       token, sizeof token);
+        kl_valid_page_token_encode(rows.tasks[n - 1].created_usec,
+                                   rows.tasks[n - 1].id, token, sizeof token);
     Kowloon__Workspace__ListTasksResponse out =
         KOWLOON__WORKSPACE__LIST_TASKS_RESPONSE__INIT;
     out.n_tasks = n;
@@ -853,8 +664,8 @@ s_update_task(Kowloon__Workspace__WorkspaceService_Service *svc,
     s_worker_t *w = NULL;
     workspace_rows_t rows = {0};
     kl_status_t st;
-    const char *title = s_empty(in->title) ? NULL : in->title;
-    const char *notes = s_empty(in->notes) ? NULL : in->notes;
+    const char *title = kl_valid_empty(in->title) ? NULL : in->title;
+    const char *notes = kl_valid_empty(in->notes) ? NULL : in->notes;
     int done = in->done_set_case ==
                        KOWLOON__WORKSPACE__UPDATE_TASK_REQUEST__DONE_SET_DONE
                    ? (in->done ? 1 : 0)
@@ -866,9 +677,10 @@ s_update_task(Kowloon__Workspace__WorkspaceService_Service *svc,
         rc = kl_status_set(&st, KL_INVALID_ARGUMENT,
                            "nothing to update: set title, notes or done");
     if (rc == 0)
-        rc = s_check_text("title", title, WORKSPACE_TITLE_MAX, false, &st);
+        rc = kl_valid_check_text("title", title, WORKSPACE_TITLE_MAX, false,
+                                 &st);
     if (rc == 0)
-        rc = s_check_text("notes", notes, S_TEXT_MAX, false, &st);
+        rc = kl_valid_check_text("notes", notes, S_TEXT_MAX, false, &st);
     if (rc == 0)
         rc = s_begin(closure_data, &w, &st);
     if (rc == 0) {
@@ -919,8 +731,8 @@ s_export(Kowloon__Workspace__WorkspaceService_Service *svc,
     kl_status_t st;
     int rc = s_tenant(closure_data, &(const char *){NULL}, &st);
     if (rc == 0)
-        rc = s_check_page_size(in->page_size, S_EXPORT_PAGE_MAX,
-                               S_EXPORT_PAGE_DEFAULT, &page.limit, &st);
+        rc = kl_valid_check_page_size(in->page_size, S_EXPORT_PAGE_MAX,
+                                      S_EXPORT_PAGE_DEFAULT, &page.limit, &st);
     if (rc == 0)
         rc = s_token_decode(in->page_token, &page, after_id, &st);
     if (rc == 0)
@@ -941,7 +753,7 @@ s_export(Kowloon__Workspace__WorkspaceService_Service *svc,
     if (rc < 0) {
         workspace_store_rows_free(&projects);
         workspace_store_rows_free(&tasks);
-        s_fail(closure_data, "Export", &st);
+        kl_service_fail(closure_data, "Export", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -972,10 +784,11 @@ s_export(Kowloon__Workspace__WorkspaceService_Service *svc,
         pe[i].tasks = pe[i].n_tasks ? &t_ptrs[first] : NULL;
         pe_ptrs[i] = &pe[i];
     }
-    char token[128] = "";
+    char token[KL_VALID_PAGE_TOKEN_SIZE] = "";
     if (more && np > 0)
-        s_token_encode(projects.projects[np - 1].created_usec,
-                       projects.projects[np - 1].id, token, sizeof token);
+        kl_valid_page_token_encode(projects.projects[np - 1].created_usec,
+                                   projects.projects[np - 1].id, token,
+                                   sizeof token);
     Kowloon__Workspace__ExportPage out = KOWLOON__WORKSPACE__EXPORT_PAGE__INIT;
     out.n_projects = np;
     out.projects = pe_ptrs;
@@ -1012,7 +825,7 @@ s_advanced_reports(Kowloon__Workspace__WorkspaceService_Service *svc,
     }
     if (rc < 0) {
         workspace_store_rows_free(&rows);
-        s_fail(closure_data, "AdvancedReports", &st);
+        kl_service_fail(closure_data, "AdvancedReports", &st);
         closure(NULL, closure_data);
         return;
     }
@@ -1065,7 +878,7 @@ static const Kowloon__Workspace__WorkspaceService_Service s_base =
 workspace_service_t *
 workspace_service_new(const workspace_service_opts_t *opts, kl_status_t *status)
 {
-    if (s_empty(opts->database_url) || s_empty(opts->owner_url)) {
+    if (kl_valid_empty(opts->database_url) || kl_valid_empty(opts->owner_url)) {
         kl_status_set(status, KL_INVALID_ARGUMENT,
                       "workspace service needs the application and the owner "
                       "database URLs");
@@ -1079,7 +892,8 @@ workspace_service_new(const workspace_service_opts_t *opts, kl_status_t *status)
     kl_tenant_place_t probe_place;
     if (kl_tenant_place(
             "00000000-0000-4000-8000-000000000000", KL_ISOLATION_ROW,
-            s_empty(opts->shared_schema) ? "workspace" : opts->shared_schema,
+            kl_valid_empty(opts->shared_schema) ? "workspace"
+                                                : opts->shared_schema,
             NULL, &probe_place, status) < 0)
         return NULL;
     /* Malformed server entries are refused now, not at the first call. */
@@ -1088,7 +902,7 @@ workspace_service_new(const workspace_service_opts_t *opts, kl_status_t *status)
     if (!probe_db)
         return NULL;
     kl_tenant_db_destroy(&probe_db);
-    if (s_empty(opts->events_channel)) {
+    if (kl_valid_empty(opts->events_channel)) {
         kl_status_set(status, KL_INVALID_ARGUMENT,
                       "workspace service needs an events channel");
         return NULL;
@@ -1109,8 +923,9 @@ workspace_service_new(const workspace_service_opts_t *opts, kl_status_t *status)
     self->flags = opts->flags;
     self->flags_timeout_ms = opts->flags_timeout_ms > 0 ? opts->flags_timeout_ms
                                                         : S_FLAGS_TIMEOUT_MS;
-    self->shared_schema = kl_strdup(
-        s_empty(opts->shared_schema) ? "workspace" : opts->shared_schema);
+    self->shared_schema =
+        kl_strdup(kl_valid_empty(opts->shared_schema) ? "workspace"
+                                                      : opts->shared_schema);
     self->n_db_servers = opts->n_db_servers;
     self->db_servers = kl_calloc(opts->n_db_servers + 1, sizeof(char *));
     for (size_t i = 0; i < opts->n_db_servers; i++)

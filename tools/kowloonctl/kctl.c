@@ -8,7 +8,9 @@
 
 #include "kl_alloc.h"
 #include "kl_config.h"
+#include "kl_curve.h"
 #include "kl_json.h"
+#include "kl_rpc_env.h"
 #include "kowloon/billing.pb-c.h"
 #include "kowloon/flags.pb-c.h"
 #include "kowloon/migration.pb-c.h"
@@ -48,6 +50,7 @@ static const struct {
 static kctl_opts_t s_opts = {.timeout_ms = 10000};
 static char *s_endpoint_flags[KCTL_SERVICE_COUNT]; /* comma-joined flags */
 static kl_rpc_client_t *s_clients[KCTL_SERVICE_COUNT];
+static kl_curve_t *s_curve; /* KOWLOON_CURVE_SECRET_KEY_FILE, when set */
 
 const kctl_opts_t *
 kctl_opts(void)
@@ -131,11 +134,12 @@ kctl_client(kctl_service_t service)
         list = getenv(kl_config_name(id));
     if (!list || !*list)
         list = s_defaults[id];
-    /* Split the comma-separated list, trimming blanks. */
+    /* Split the comma-separated list, trimming blanks; "@PATH" items name
+     * endpoint files, as in the services' settings. */
     char *copy = kl_strdup(list);
-    const char *eps[64];
-    size_t n = 0;
-    for (char *tok = strtok(copy, ","); tok && n < 64;
+    const char *items[64];
+    size_t n_items = 0;
+    for (char *tok = strtok(copy, ","); tok && n_items < 64;
          tok = strtok(NULL, ",")) {
         while (*tok == ' ' || *tok == '\t')
             tok++;
@@ -143,16 +147,42 @@ kctl_client(kctl_service_t service)
         while (end > tok && (end[-1] == ' ' || end[-1] == '\t'))
             *--end = '\0';
         if (*tok)
-            eps[n++] = tok;
+            items[n_items++] = tok;
     }
     kl_status_t st;
+    char **eps = NULL;
+    size_t n = 0;
+    if (kl_rpc_env_expand(items, n_items, &eps, &n, &st) < 0) {
+        kctl_error("%s \"%s\": %s", kl_config_name(id), list, st.message);
+        free(copy);
+        return NULL;
+    }
+    /* Curve, as the services of the scaling stages require: this
+     * operator's key pair (kowloonctl keygen) and the servers' key, from
+     * the same settings the services read. */
+    const char *key_file = getenv("KOWLOON_CURVE_SECRET_KEY_FILE");
+    if (key_file && *key_file && !s_curve) {
+        s_curve = kl_curve_new(key_file, NULL, &st);
+        if (!s_curve) {
+            kctl_error("KOWLOON_CURVE_SECRET_KEY_FILE: %s", st.message);
+            kl_rpc_env_free_list(&eps, n);
+            free(copy);
+            return NULL;
+        }
+    }
+    const char *server_key = getenv("KOWLOON_CURVE_SERVER_PUBLIC_KEY");
     kl_rpc_client_opts_t copts = {
-        .endpoints = eps, .n_endpoints = n, .max_message_bytes = 64u << 20};
+        .endpoints = (const char *const *)eps,
+        .n_endpoints = n,
+        .max_message_bytes = 64u << 20,
+        .curve = s_curve,
+        .server_public_key = server_key && *server_key ? server_key : NULL};
     s_clients[service] =
         n ? kl_rpc_client_new(s_services[service].desc, &copts, &st) : NULL;
     if (!s_clients[service])
         kctl_error("%s \"%s\": %s", kl_config_name(id), list,
                    n ? st.message : "no endpoint");
+    kl_rpc_env_free_list(&eps, n);
     free(copy);
     return s_clients[service];
 }
@@ -164,6 +194,7 @@ kctl_shutdown(void)
         kl_rpc_client_destroy(&s_clients[s]);
         KL_FREE(&s_endpoint_flags[s]);
     }
+    kl_curve_destroy(&s_curve);
 }
 
 int

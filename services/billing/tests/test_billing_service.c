@@ -13,6 +13,7 @@
 #include "kl_log.h"
 #include "kl_rpc_client.h"
 #include "kl_rpc_server.h"
+#include "kl_test_db.h"
 #include "kowloon/billing.pb-c.h"
 #include "kowloon/flags.pb-c.h"
 #include "kowloon/tenant.pb-c.h"
@@ -42,66 +43,12 @@
 #define S_WHSEC_OLD "whsec_kowloon_old_secret"
 #define S_GRACE_S 3
 
-static char *s_admin_url;   /* KLTEST_PG_URL */
-static char s_db_name[96];  /* this run's database */
-static char *s_db_url;      /* its conninfo */
-static pid_t s_standin_pid; /* the stand-in */
-static char s_standin[64];  /* "http://127.0.0.1:PORT" */
+static kl_test_db_t *s_db;   /* this run's database */
+static const char *s_db_url; /* its conninfo */
+static pid_t s_standin_pid;  /* the stand-in */
+static char s_standin[64];   /* "http://127.0.0.1:PORT" */
 
 /* --- processes and databases -------------------------------------------- */
-
-static char *
-s_conninfo_for(const char *url, const char *dbname)
-{
-    char *err = NULL;
-    PQconninfoOption *opts = PQconninfoParse(url, &err);
-    if (!opts) {
-        fprintf(stderr, "bad KLTEST_PG_URL: %s\n", err ? err : "?");
-        PQfreemem(err);
-        return NULL;
-    }
-    size_t cap = 1024, len = 0;
-    char *out = kl_calloc(1, cap);
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
-        const char *v = strcmp(o->keyword, "dbname") == 0 ? dbname : o->val;
-        if (!v)
-            continue;
-        while (len + strlen(o->keyword) + 2 * strlen(v) + 8 > cap) {
-            cap *= 2;
-            out = kl_realloc(out, cap);
-        }
-        len += (size_t)sprintf(out + len, "%s='", o->keyword);
-        for (const char *p = v; *p; p++) {
-            if (*p == '\'' || *p == '\\')
-                out[len++] = '\\';
-            out[len++] = *p;
-        }
-        out[len++] = '\'';
-        out[len++] = ' ';
-        out[len] = '\0';
-    }
-    PQconninfoFree(opts);
-    return out;
-}
-
-static int
-s_admin_exec(const char *sql)
-{
-    PGconn *c = PQconnectdb(s_admin_url);
-    if (PQstatus(c) != CONNECTION_OK) {
-        fprintf(stderr, "cannot connect to KLTEST_PG_URL: %s",
-                PQerrorMessage(c));
-        PQfinish(c);
-        return -1;
-    }
-    PGresult *r = PQexec(c, sql);
-    int rc = PQresultStatus(r) == PGRES_COMMAND_OK ? 0 : -1;
-    if (rc < 0)
-        fprintf(stderr, "%s: %s", sql, PQresultErrorMessage(r));
-    PQclear(r);
-    PQfinish(c);
-    return rc;
-}
 
 /* One value from the test database (caller frees). */
 static char *
@@ -112,14 +59,9 @@ s_db_value(const char *fmt, ...)
     char *sql = NULL;
     assert_true(vasprintf(&sql, fmt, ap) >= 0);
     va_end(ap);
-    PGconn *c = PQconnectdb(s_db_url);
-    assert_int_equal(PQstatus(c), CONNECTION_OK);
-    PGresult *r = PQexec(c, sql);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-    char *v = kl_strdup(PQntuples(r) ? PQgetvalue(r, 0, 0) : "");
-    PQclear(r);
-    PQfinish(c);
+    char *v = kl_test_db_value(s_db_url, sql);
+    if (!v)
+        fail_msg("%s failed", sql);
     free(sql);
     return v;
 }
@@ -579,26 +521,15 @@ s_event(const char *type, long long created, const char *fmt, ...)
 static int
 s_group_setup(void **state)
 {
-    const char *url = getenv("KLTEST_PG_URL");
-    if (!url || !*url) {
-        fprintf(stderr, "KLTEST_PG_URL is not set: set it to a superuser "
-                        "libpq URL such as "
-                        "postgresql://postgres@127.0.0.1:PORT/postgres\n");
-        return -1;
-    }
     /* Debug: every log line is formatted, so its arguments are checked
      * by ASan too. */
     kl_log_init("test", KL_DEBUG);
     curl_global_init(CURL_GLOBAL_DEFAULT);
-    s_admin_url = kl_strdup(url);
-    snprintf(s_db_name, sizeof s_db_name, "klbill_%d_%ld", (int)getpid(),
-             (long)time(NULL));
-    char sql[256];
-    snprintf(sql, sizeof sql, "CREATE DATABASE %s", s_db_name);
-    if (s_admin_exec(sql) < 0)
+    s_db = kl_test_db_new("test_billing_service", "klbill");
+    if (!s_db)
         return -1;
-    s_db_url = s_conninfo_for(url, s_db_name);
-    if (!s_db_url || s_start_standin() < 0)
+    s_db_url = kl_test_db_url(s_db);
+    if (s_start_standin() < 0)
         return -1;
 
     kl_status_t st;
@@ -681,13 +612,7 @@ s_group_teardown(void **state)
         kill(s_standin_pid, SIGTERM);
         waitpid(s_standin_pid, NULL, 0);
     }
-    if (s_db_url) {
-        char sql[256];
-        snprintf(sql, sizeof sql, "DROP DATABASE %s WITH (FORCE)", s_db_name);
-        s_admin_exec(sql);
-    }
-    free(s_db_url);
-    free(s_admin_url);
+    kl_test_db_destroy(&s_db);
     curl_global_cleanup();
     return 0;
 }

@@ -10,6 +10,8 @@
 #include "kl_redis.h"
 #include "kl_rpc_client.h"
 #include "kl_rpc_server.h"
+#include "kl_test_db.h"
+#include "kl_test_server.h"
 #include "kowloon/flags.pb-c.h"
 #include "kowloon/rpc.pb-c.h"
 
@@ -29,74 +31,25 @@
 
 #define S_TIMEOUT_MS 20000
 
-static char *s_admin_url;  /* KLTEST_PG_URL */
-static char *s_redis_url;  /* KLTEST_REDIS_URL */
-static char s_db_name[96]; /* this run's database */
-static char *s_db_url;     /* its conninfo */
-static char s_channel[64]; /* this run's events channel */
+static kl_test_db_t *s_db;      /* this run's database */
+static const char *s_redis_url; /* KLTEST_REDIS_URL */
+static const char *s_db_url;    /* its conninfo */
+static char s_channel[64];      /* this run's events channel */
 
 /* --- databases --------------------------------------------------------- */
-
-/* A keyword=value conninfo equal to url but for database dbname. */
-static char *
-s_conninfo_for(const char *url, const char *dbname)
-{
-    char *err = NULL;
-    PQconninfoOption *opts = PQconninfoParse(url, &err);
-    if (!opts) {
-        fprintf(stderr, "bad KLTEST_PG_URL: %s\n", err ? err : "?");
-        PQfreemem(err);
-        return NULL;
-    }
-    size_t cap = 1024, len = 0;
-    char *out = kl_calloc(1, cap);
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
-        const char *v = strcmp(o->keyword, "dbname") == 0 ? dbname : o->val;
-        if (!v)
-            continue;
-        while (len + strlen(o->keyword) + 2 * strlen(v) + 8 > cap) {
-            cap *= 2;
-            out = kl_realloc(out, cap);
-        }
-        len += (size_t)sprintf(out + len, "%s='", o->keyword);
-        for (const char *p = v; *p; p++) {
-            if (*p == '\'' || *p == '\\')
-                out[len++] = '\\';
-            out[len++] = *p;
-        }
-        out[len++] = '\'';
-        out[len++] = ' ';
-        out[len] = '\0';
-    }
-    PQconninfoFree(opts);
-    return out;
-}
 
 static void
 s_exec(const char *url, const char *sql)
 {
-    PGconn *c = PQconnectdb(url);
-    assert_int_equal(PQstatus(c), CONNECTION_OK);
-    PGresult *r = PQexec(c, sql);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK &&
-        PQresultStatus(r) != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-    PQclear(r);
-    PQfinish(c);
+    assert_int_equal(kl_test_db_exec(url, sql), 0);
 }
 
 /* One value from the test database; caller frees. */
 static char *
 s_db_value(const char *sql)
 {
-    PGconn *c = PQconnectdb(s_db_url);
-    assert_int_equal(PQstatus(c), CONNECTION_OK);
-    PGresult *r = PQexec(c, sql);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-    char *v = kl_strdup(PQgetvalue(r, 0, 0));
-    PQclear(r);
-    PQfinish(c);
+    char *v = kl_test_db_value(s_db_url, sql);
+    assert_non_null(v);
     return v;
 }
 
@@ -217,20 +170,11 @@ s_expect_event(const char *kind, const char *id, const char *tenant_id,
 
 typedef struct {
     flags_service_t *svc;
-    kl_rpc_server_t *server;
-    pthread_t thread;
-    kl_rpc_client_t *client;
-    kl_rpc_client_t *health;
+    kl_test_server_t *srv;   /* serves svc; its client and health */
+    kl_rpc_client_t *health; /* borrowed from srv */
 } s_instance_t;
 
 static s_instance_t s_main; /* the one most tests call */
-
-static void *
-s_run(void *arg)
-{
-    kl_rpc_server_run(arg);
-    return NULL;
-}
 
 static void
 s_start(s_instance_t *in, const char *db_url, const char *redis_url,
@@ -248,39 +192,19 @@ s_start(s_instance_t *in, const char *db_url, const char *redis_url,
         fail_msg("flags_service_new: %s", st.message);
     if (flags_service_migrate(in->svc, &st) < 0)
         fail_msg("migrate: %s", st.message);
-    kl_rpc_server_opts_t sopts = {
-        .bind = "tcp://127.0.0.1:*",
-        .workers = workers,
-        .no_signal_handlers = true,
-    };
+    kl_rpc_server_opts_t sopts = {.workers = workers};
     flags_service_server_opts(in->svc, &sopts);
-    in->server = kl_rpc_server_new(&sopts, &st);
-    assert_non_null(in->server);
-    assert_int_equal(
-        kl_rpc_server_add_service(in->server, flags_service_base(in->svc)), 0);
-    if (kl_rpc_server_bind(in->server, &st) < 0)
-        fail_msg("bind: %s", st.message);
-    assert_int_equal(pthread_create(&in->thread, NULL, s_run, in->server), 0);
-    const char *endpoint = kl_rpc_server_endpoint(in->server);
-    kl_rpc_client_opts_t copts = {.endpoints = &endpoint, .n_endpoints = 1};
-    in->client = kl_rpc_client_new(&kowloon__flags__flags_service__descriptor,
-                                   &copts, &st);
-    assert_non_null(in->client);
-    in->health =
-        kl_rpc_client_new(&kowloon__rpc__health__descriptor, &copts, &st);
-    assert_non_null(in->health);
+    in->srv = kl_test_server_start(flags_service_base(in->svc), &sopts);
+    assert_non_null(in->srv);
+    in->health = kl_test_server_health(in->srv);
 }
 
 static void
 s_stop(s_instance_t *in)
 {
-    if (!in->server)
+    if (!in->srv)
         return;
-    kl_rpc_client_destroy(&in->client);
-    kl_rpc_client_destroy(&in->health);
-    kl_rpc_server_stop(in->server);
-    pthread_join(in->thread, NULL);
-    kl_rpc_server_destroy(&in->server);
+    kl_test_server_stop(&in->srv);
     flags_service_destroy(&in->svc);
 }
 
@@ -288,15 +212,8 @@ static int
 s_call_on(s_instance_t *in, const char *method, const void *input,
           void *output_p, kl_status_t *st)
 {
-    kl_call_opts_t opts = {.timeout_ms = S_TIMEOUT_MS};
-    ProtobufCMessage **out = output_p;
-    ProtobufCMessage *ignored = NULL;
-    kl_status_clear(st);
-    int rc = kl_rpc_client_call(in->client, method, input, &opts,
-                                out ? out : &ignored, st);
-    if (ignored)
-        protobuf_c_message_free_unpacked(ignored, NULL);
-    return rc;
+    return kl_test_server_call(in->srv, method, input, output_p, S_TIMEOUT_MS,
+                               st);
 }
 
 static int
@@ -501,29 +418,16 @@ s_time_in(int seconds, char out[32])
 static int
 s_group_setup(void **state)
 {
-    const char *pg = getenv("KLTEST_PG_URL");
-    const char *redis = getenv("KLTEST_REDIS_URL");
-    if (!pg || !*pg || !redis || !*redis) {
-        fprintf(stderr,
-                "test_flags_service needs PostgreSQL and Redis: set "
-                "KLTEST_PG_URL=postgresql://postgres@127.0.0.1:PORT/postgres "
-                "and KLTEST_REDIS_URL=redis://127.0.0.1:PORT/0 (see "
-                "deploy/local/lib.sh kl_pg_start and kl_redis_start)\n");
+    s_redis_url = kl_test_db_redis_url("test_flags_service");
+    if (!s_redis_url)
         return -1;
-    }
     kl_log_init("flags-test", KL_ERROR);
     srand((unsigned)time(NULL) ^ (unsigned)getpid());
-    s_admin_url = kl_strdup(pg);
-    s_redis_url = kl_strdup(redis);
-    snprintf(s_db_name, sizeof s_db_name, "kltest_flags_%d_%ld", (int)getpid(),
-             (long)time(NULL));
     snprintf(s_channel, sizeof s_channel, "kltest:flags:%d", (int)getpid());
-    char *sql = kl_asprintf("CREATE DATABASE %s", s_db_name);
-    s_exec(s_admin_url, sql);
-    free(sql);
-    s_db_url = s_conninfo_for(s_admin_url, s_db_name);
-    if (!s_db_url)
+    s_db = kl_test_db_new("test_flags_service", "kltest_flags");
+    if (!s_db)
         return -1;
+    s_db_url = kl_test_db_url(s_db);
 
     kl_status_t st;
     s_events =
@@ -568,15 +472,7 @@ s_group_teardown(void **state)
         redisFree(c);
     }
     kl_events_destroy(&s_events);
-    if (s_db_name[0]) {
-        char *sql =
-            kl_asprintf("DROP DATABASE IF EXISTS %s WITH (FORCE)", s_db_name);
-        s_exec(s_admin_url, sql);
-        free(sql);
-    }
-    KL_FREE(&s_admin_url);
-    KL_FREE(&s_redis_url);
-    KL_FREE(&s_db_url);
+    kl_test_db_destroy(&s_db);
     return 0;
 }
 

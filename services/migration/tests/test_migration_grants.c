@@ -17,6 +17,7 @@
 #include "kl_alloc.h"
 #include "kl_log.h"
 #include "kl_rpc_client.h"
+#include "kl_test_db.h"
 #include "kowloon/migration.pb-c.h"
 #include "kowloon/tenant.pb-c.h"
 
@@ -45,12 +46,13 @@ extern char **environ;
 #define S_TIMEOUT_MS 60000
 #define S_SHARED "workspace"
 
-static char *s_admin_url;  /* KLTEST_PG_URL */
-static char s_db_name[96]; /* this run's main (and control) database */
-static char *s_db_url;     /* its conninfo (superuser: the owner role) */
-static char s_app[64];     /* the application role */
-static char s_tmp[128];    /* scratch directory */
-static char s_dir[192];    /* the migrations the instance loads */
+static kl_test_db_t *s_db;      /* this run's database */
+static const char *s_admin_url; /* KLTEST_PG_URL */
+static char s_db_name[96];      /* this run's main (and control) database */
+static const char *s_db_url;    /* its conninfo (superuser: the owner role) */
+static char s_app[64];          /* the application role */
+static char s_tmp[128];         /* scratch directory */
+static char s_dir[192];         /* the migrations the instance loads */
 static int s_tenant_port, s_mig_port;
 static pid_t s_tenant_pid, s_mig_pid;
 static kl_rpc_client_t *s_tenants, *s_mig;
@@ -69,68 +71,26 @@ static s_tenant_t s_row, s_schema, s_database;
 static char *
 s_conninfo_for(const char *url, const char *dbname, const char *user)
 {
-    char *err = NULL;
-    PQconninfoOption *opts = PQconninfoParse(url, &err);
-    if (!opts) {
-        fprintf(stderr, "bad KLTEST_PG_URL: %s\n", err ? err : "?");
-        PQfreemem(err);
-        return NULL;
-    }
-    size_t cap = 1024, len = 0;
-    char *out = kl_calloc(1, cap);
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
-        const char *v = o->val;
-        if (strcmp(o->keyword, "dbname") == 0)
-            v = dbname;
-        else if (user && strcmp(o->keyword, "user") == 0)
-            v = user;
-        if (!v)
-            continue;
-        while (len + strlen(o->keyword) + 2 * strlen(v) + 8 > cap) {
-            cap *= 2;
-            out = kl_realloc(out, cap);
-        }
-        len += (size_t)sprintf(out + len, "%s='", o->keyword);
-        for (const char *p = v; *p; p++) {
-            if (*p == '\'' || *p == '\\')
-                out[len++] = '\\';
-            out[len++] = *p;
-        }
-        out[len++] = '\'';
-        out[len++] = ' ';
-        out[len] = '\0';
-    }
-    PQconninfoFree(opts);
+    char *out = kl_test_db_conninfo(url, dbname, user);
+    if (!out)
+        fail_msg("bad KLTEST_PG_URL");
     return out;
 }
 
 static void
 s_exec(const char *url, const char *sql)
 {
-    PGconn *c = PQconnectdb(url);
-    if (PQstatus(c) != CONNECTION_OK)
-        fail_msg("connect: %s", PQerrorMessage(c));
-    PGresult *r = PQexec(c, sql);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK &&
-        PQresultStatus(r) != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-    PQclear(r);
-    PQfinish(c);
+    if (kl_test_db_exec(url, sql) < 0)
+        fail_msg("s_exec failed (see above)");
 }
 
 /* The first value of sql's result; caller frees. */
 static char *
 s_value(const char *url, const char *sql)
 {
-    PGconn *c = PQconnectdb(url);
-    if (PQstatus(c) != CONNECTION_OK)
-        fail_msg("connect: %s", PQerrorMessage(c));
-    PGresult *r = PQexec(c, sql);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) < 1)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-    char *v = kl_strdup(PQgetvalue(r, 0, 0));
-    PQclear(r);
-    PQfinish(c);
+    char *v = kl_test_db_value(url, sql);
+    if (!v)
+        fail_msg("s_value failed (see above)");
     return v;
 }
 
@@ -341,25 +301,16 @@ static int
 s_group_setup(void **state)
 {
     (void)state;
-    const char *pg = getenv("KLTEST_PG_URL");
-    if (!pg || !*pg) {
-        fprintf(stderr, "test_migration_grants needs PostgreSQL: set "
-                        "KLTEST_PG_URL=postgresql://"
-                        "postgres@127.0.0.1:PORT/postgres "
-                        "(see deploy/local/lib.sh kl_pg_start)\n");
-        return -1;
-    }
     kl_log_init("migration-grants-test", KL_ERROR);
     signal(SIGPIPE, SIG_IGN);
-    s_admin_url = kl_strdup(pg);
-    snprintf(s_db_name, sizeof s_db_name, "kltest_miggrant_%d_%ld",
-             (int)getpid(), (long)time(NULL));
-    char *sql = kl_asprintf("CREATE DATABASE %s", s_db_name);
-    s_exec(s_admin_url, sql);
-    free(sql);
-    s_db_url = s_conninfo_for(s_admin_url, s_db_name, NULL);
-    if (!s_db_url)
+    s_db = kl_test_db_new("test_migration_grants", "kltest_miggrant");
+    if (!s_db)
         return -1;
+    /* The environment's copy: it outlives s_db in the teardown. */
+    s_admin_url = getenv("KLTEST_PG_URL");
+    snprintf(s_db_name, sizeof s_db_name, "%s", kl_test_db_name(s_db));
+    s_db_url = kl_test_db_url(s_db);
+    char *sql = NULL;
     snprintf(s_app, sizeof s_app, "kltest_miggrant_app_%d", (int)getpid());
     sql = kl_asprintf("CREATE ROLE %s LOGIN NOSUPERUSER NOBYPASSRLS "
                       "NOCREATEROLE NOCREATEDB",
@@ -457,9 +408,8 @@ s_group_teardown(void **state)
             s_exec(s_admin_url, sql);
             free(sql);
         }
-        sql = kl_asprintf("DROP DATABASE IF EXISTS %s WITH (FORCE)", s_db_name);
-        s_exec(s_admin_url, sql);
-        free(sql);
+        kl_test_db_destroy(&s_db);
+        s_db_url = NULL;
         if (s_app[0]) {
             sql = kl_asprintf("DROP ROLE IF EXISTS %s", s_app);
             s_exec(s_admin_url, sql);
@@ -472,8 +422,6 @@ s_group_teardown(void **state)
             rc = -1;
         free(cmd);
     }
-    free(s_db_url);
-    free(s_admin_url);
     return rc;
 }
 

@@ -12,6 +12,7 @@
 #include "kl_alloc.h"
 #include "kl_log.h"
 #include "kl_rpc_client.h"
+#include "kl_test_db.h"
 #include "kowloon/migration.pb-c.h"
 #include "kowloon/tenant.pb-c.h"
 
@@ -45,13 +46,14 @@ extern char **environ;
 #define S_N_TARGETS (1 + S_N_SCHEMA + S_N_DATABASE)
 #define S_SHARED "product"
 
-static char *s_admin_url;  /* KLTEST_PG_URL */
-static char s_db_name[96]; /* this run's control database */
-static char *s_db_url;     /* its conninfo */
-static char s_tmp[128];    /* scratch directory */
-static char s_dir1[192];   /* migrations V1..V3 */
-static char s_dir2[192];   /* V1..V4 (V4 broken, later fixed) */
-static const char *s_dir;  /* what the instances load now */
+static kl_test_db_t *s_db;      /* this run's database */
+static const char *s_admin_url; /* KLTEST_PG_URL */
+static char s_db_name[96];      /* this run's control database */
+static const char *s_db_url;    /* its conninfo */
+static char s_tmp[128];         /* scratch directory */
+static char s_dir1[192];        /* migrations V1..V3 */
+static char s_dir2[192];        /* V1..V4 (V4 broken, later fixed) */
+static const char *s_dir;       /* what the instances load now */
 static int s_tenant_port, s_mig_port[2];
 static pid_t s_tenant_pid, s_mig_pid[2];
 static kl_rpc_client_t *s_tenants, *s_mig;
@@ -72,64 +74,26 @@ static int64_t s_first_run; /* run of the kill test */
 static char *
 s_conninfo_for(const char *url, const char *dbname)
 {
-    char *err = NULL;
-    PQconninfoOption *opts = PQconninfoParse(url, &err);
-    if (!opts) {
-        fprintf(stderr, "bad KLTEST_PG_URL: %s\n", err ? err : "?");
-        PQfreemem(err);
-        return NULL;
-    }
-    size_t cap = 1024, len = 0;
-    char *out = kl_calloc(1, cap);
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
-        const char *v = strcmp(o->keyword, "dbname") == 0 ? dbname : o->val;
-        if (!v)
-            continue;
-        while (len + strlen(o->keyword) + 2 * strlen(v) + 8 > cap) {
-            cap *= 2;
-            out = kl_realloc(out, cap);
-        }
-        len += (size_t)sprintf(out + len, "%s='", o->keyword);
-        for (const char *p = v; *p; p++) {
-            if (*p == '\'' || *p == '\\')
-                out[len++] = '\\';
-            out[len++] = *p;
-        }
-        out[len++] = '\'';
-        out[len++] = ' ';
-        out[len] = '\0';
-    }
-    PQconninfoFree(opts);
+    char *out = kl_test_db_conninfo(url, dbname, NULL);
+    if (!out)
+        fail_msg("bad KLTEST_PG_URL");
     return out;
 }
 
 static void
 s_exec(const char *url, const char *sql)
 {
-    PGconn *c = PQconnectdb(url);
-    if (PQstatus(c) != CONNECTION_OK)
-        fail_msg("connect: %s", PQerrorMessage(c));
-    PGresult *r = PQexec(c, sql);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK &&
-        PQresultStatus(r) != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-    PQclear(r);
-    PQfinish(c);
+    if (kl_test_db_exec(url, sql) < 0)
+        fail_msg("s_exec failed (see above)");
 }
 
 /* The first value of sql's result; caller frees. */
 static char *
 s_value(const char *url, const char *sql)
 {
-    PGconn *c = PQconnectdb(url);
-    if (PQstatus(c) != CONNECTION_OK)
-        fail_msg("connect: %s", PQerrorMessage(c));
-    PGresult *r = PQexec(c, sql);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) < 1)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-    char *v = kl_strdup(PQgetvalue(r, 0, 0));
-    PQclear(r);
-    PQfinish(c);
+    char *v = kl_test_db_value(url, sql);
+    if (!v)
+        fail_msg("s_value failed (see above)");
     return v;
 }
 
@@ -441,25 +405,15 @@ static int
 s_group_setup(void **state)
 {
     (void)state;
-    const char *pg = getenv("KLTEST_PG_URL");
-    if (!pg || !*pg) {
-        fprintf(stderr,
-                "test_migration_service needs PostgreSQL: set "
-                "KLTEST_PG_URL=postgresql://postgres@127.0.0.1:PORT/postgres "
-                "(see deploy/local/lib.sh kl_pg_start)\n");
-        return -1;
-    }
     kl_log_init("migration-test", KL_ERROR);
     signal(SIGPIPE, SIG_IGN);
-    s_admin_url = kl_strdup(pg);
-    snprintf(s_db_name, sizeof s_db_name, "kltest_migration_%d_%ld",
-             (int)getpid(), (long)time(NULL));
-    char *sql = kl_asprintf("CREATE DATABASE %s", s_db_name);
-    s_exec(s_admin_url, sql);
-    free(sql);
-    s_db_url = s_conninfo_for(s_admin_url, s_db_name);
-    if (!s_db_url)
+    s_db = kl_test_db_new("test_migration_service", "kltest_migration");
+    if (!s_db)
         return -1;
+    /* The environment's copy: it outlives s_db in the teardown. */
+    s_admin_url = getenv("KLTEST_PG_URL");
+    snprintf(s_db_name, sizeof s_db_name, "%s", kl_test_db_name(s_db));
+    s_db_url = kl_test_db_url(s_db);
     snprintf(s_tmp, sizeof s_tmp, "/tmp/kltest-migration-XXXXXX");
     if (!mkdtemp(s_tmp))
         return -1;
@@ -554,10 +508,8 @@ s_group_teardown(void **state)
             s_exec(s_admin_url, sql);
             free(sql);
         }
-        char *sql =
-            kl_asprintf("DROP DATABASE IF EXISTS %s WITH (FORCE)", s_db_name);
-        s_exec(s_admin_url, sql);
-        free(sql);
+        kl_test_db_destroy(&s_db);
+        s_db_url = NULL;
     }
     if (rc == 0 && s_tmp[0]) {
         char *cmd = kl_asprintf("rm -rf '%s'", s_tmp);
@@ -565,8 +517,6 @@ s_group_teardown(void **state)
             rc = -1;
         free(cmd);
     }
-    free(s_db_url);
-    free(s_admin_url);
     return rc;
 }
 

@@ -9,6 +9,8 @@
 #include "kl_redis.h"
 #include "kl_rpc_client.h"
 #include "kl_rpc_server.h"
+#include "kl_test_db.h"
+#include "kl_test_server.h"
 #include "kowloon/rpc.pb-c.h"
 #include "kowloon/tenant.pb-c.h"
 #include "tenant_service.h"
@@ -28,76 +30,29 @@
 
 #define S_TIMEOUT_MS 10000
 
-static char *s_admin_url;  /* KLTEST_PG_URL */
-static char *s_redis_url;  /* KLTEST_REDIS_URL */
-static char s_db_name[96]; /* this run's database */
-static char *s_db_url;     /* its conninfo */
-static char s_channel[64]; /* this run's events channel */
+static kl_test_db_t *s_db;      /* this run's database */
+static const char *s_admin_url; /* KLTEST_PG_URL */
+static const char *s_redis_url; /* KLTEST_REDIS_URL */
+static const char *s_db_name;   /* this run's database's name */
+static const char *s_db_url;    /* its conninfo */
+static char s_channel[64];      /* this run's events channel */
 
 static const char *const s_reserved[] = {"www", "api", "admin"};
 
 /* --- databases --------------------------------------------------------- */
 
-/* A keyword=value conninfo equal to url but for database dbname. */
-static char *
-s_conninfo_for(const char *url, const char *dbname)
-{
-    char *err = NULL;
-    PQconninfoOption *opts = PQconninfoParse(url, &err);
-    if (!opts) {
-        fprintf(stderr, "bad KLTEST_PG_URL: %s\n", err ? err : "?");
-        PQfreemem(err);
-        return NULL;
-    }
-    size_t cap = 1024, len = 0;
-    char *out = kl_calloc(1, cap);
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
-        const char *v = strcmp(o->keyword, "dbname") == 0 ? dbname : o->val;
-        if (!v)
-            continue;
-        while (len + strlen(o->keyword) + 2 * strlen(v) + 8 > cap) {
-            cap *= 2;
-            out = kl_realloc(out, cap);
-        }
-        len += (size_t)sprintf(out + len, "%s='", o->keyword);
-        for (const char *p = v; *p; p++) {
-            if (*p == '\'' || *p == '\\')
-                out[len++] = '\\';
-            out[len++] = *p;
-        }
-        out[len++] = '\'';
-        out[len++] = ' ';
-        out[len] = '\0';
-    }
-    PQconninfoFree(opts);
-    return out;
-}
-
 static void
 s_admin_exec(const char *sql)
 {
-    PGconn *c = PQconnectdb(s_admin_url);
-    assert_int_equal(PQstatus(c), CONNECTION_OK);
-    PGresult *r = PQexec(c, sql);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK &&
-        PQresultStatus(r) != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-    PQclear(r);
-    PQfinish(c);
+    assert_int_equal(kl_test_db_exec(s_admin_url, sql), 0);
 }
 
 /* One value from the test database. */
 static char *
 s_db_value(const char *url, const char *sql)
 {
-    PGconn *c = PQconnectdb(url);
-    assert_int_equal(PQstatus(c), CONNECTION_OK);
-    PGresult *r = PQexec(c, sql);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-    char *v = kl_strdup(PQgetvalue(r, 0, 0));
-    PQclear(r);
-    PQfinish(c);
+    char *v = kl_test_db_value(url, sql);
+    assert_non_null(v);
     return v;
 }
 
@@ -171,20 +126,11 @@ s_expect_event(const char *kind, const char *id, const char *tenant_id,
 
 typedef struct {
     tenant_service_t *svc;
-    kl_rpc_server_t *server;
-    pthread_t thread;
-    kl_rpc_client_t *client;
-    kl_rpc_client_t *health;
+    kl_test_server_t *srv;   /* serves svc; its client and health */
+    kl_rpc_client_t *health; /* borrowed from srv */
 } s_instance_t;
 
 static s_instance_t s_main; /* the one most tests call */
-
-static void *
-s_run(void *arg)
-{
-    kl_rpc_server_run(arg);
-    return NULL;
-}
 
 /* Starts an instance on database url and redis_url (migrating first when
  * migrate). */
@@ -208,39 +154,19 @@ s_start(s_instance_t *in, const char *db_url, const char *redis_url,
         fail_msg("tenant_service_new: %s", st.message);
     if (migrate && tenant_service_migrate(in->svc, &st) < 0)
         fail_msg("migrate: %s", st.message);
-    kl_rpc_server_opts_t sopts = {
-        .bind = "tcp://127.0.0.1:*",
-        .workers = 2,
-        .no_signal_handlers = true,
-    };
+    kl_rpc_server_opts_t sopts = {.workers = 2};
     tenant_service_server_opts(in->svc, &sopts);
-    in->server = kl_rpc_server_new(&sopts, &st);
-    assert_non_null(in->server);
-    assert_int_equal(
-        kl_rpc_server_add_service(in->server, tenant_service_base(in->svc)), 0);
-    if (kl_rpc_server_bind(in->server, &st) < 0)
-        fail_msg("bind: %s", st.message);
-    assert_int_equal(pthread_create(&in->thread, NULL, s_run, in->server), 0);
-    const char *endpoint = kl_rpc_server_endpoint(in->server);
-    kl_rpc_client_opts_t copts = {.endpoints = &endpoint, .n_endpoints = 1};
-    in->client = kl_rpc_client_new(&kowloon__tenant__tenant_service__descriptor,
-                                   &copts, &st);
-    assert_non_null(in->client);
-    in->health =
-        kl_rpc_client_new(&kowloon__rpc__health__descriptor, &copts, &st);
-    assert_non_null(in->health);
+    in->srv = kl_test_server_start(tenant_service_base(in->svc), &sopts);
+    assert_non_null(in->srv);
+    in->health = kl_test_server_health(in->srv);
 }
 
 static void
 s_stop(s_instance_t *in)
 {
-    if (!in->server)
+    if (!in->srv)
         return;
-    kl_rpc_client_destroy(&in->client);
-    kl_rpc_client_destroy(&in->health);
-    kl_rpc_server_stop(in->server);
-    pthread_join(in->thread, NULL);
-    kl_rpc_server_destroy(&in->server);
+    kl_test_server_stop(&in->srv);
     tenant_service_destroy(&in->svc);
 }
 
@@ -249,15 +175,8 @@ static int
 s_call_on(s_instance_t *in, const char *method, const void *input,
           void *output_p, kl_status_t *st)
 {
-    kl_call_opts_t opts = {.timeout_ms = S_TIMEOUT_MS};
-    ProtobufCMessage **out = output_p;
-    ProtobufCMessage *ignored = NULL;
-    kl_status_clear(st);
-    int rc = kl_rpc_client_call(in->client, method, input, &opts,
-                                out ? out : &ignored, st);
-    if (ignored)
-        protobuf_c_message_free_unpacked(ignored, NULL);
-    return rc;
+    return kl_test_server_call(in->srv, method, input, output_p, S_TIMEOUT_MS,
+                               st);
 }
 
 static int
@@ -335,28 +254,17 @@ s_get(const char *id)
 static int
 s_group_setup(void **state)
 {
-    const char *pg = getenv("KLTEST_PG_URL");
-    const char *redis = getenv("KLTEST_REDIS_URL");
-    if (!pg || !*pg || !redis || !*redis) {
-        fprintf(stderr,
-                "test_tenant_service needs PostgreSQL and Redis: set "
-                "KLTEST_PG_URL=postgresql://postgres@127.0.0.1:PORT/postgres "
-                "and KLTEST_REDIS_URL=redis://127.0.0.1:PORT/0 (see "
-                "deploy/local/lib.sh kl_pg_start and kl_redis_start)\n");
+    s_redis_url = kl_test_db_redis_url("test_tenant_service");
+    if (!s_redis_url)
         return -1;
-    }
     kl_log_init("tenant-test", KL_WARN);
-    s_admin_url = kl_strdup(pg);
-    s_redis_url = kl_strdup(redis);
-    snprintf(s_db_name, sizeof s_db_name, "kltest_tenant_%d_%ld", (int)getpid(),
-             (long)time(NULL));
     snprintf(s_channel, sizeof s_channel, "kltest:tenant:%d", (int)getpid());
-    char *sql = kl_asprintf("CREATE DATABASE %s", s_db_name);
-    s_admin_exec(sql);
-    free(sql);
-    s_db_url = s_conninfo_for(s_admin_url, s_db_name);
-    if (!s_db_url)
+    s_db = kl_test_db_new("test_tenant_service", "kltest_tenant");
+    if (!s_db)
         return -1;
+    s_admin_url = kl_test_db_admin_url(s_db);
+    s_db_name = kl_test_db_name(s_db);
+    s_db_url = kl_test_db_url(s_db);
 
     kl_status_t st;
     s_events =
@@ -389,15 +297,7 @@ s_group_teardown(void **state)
 {
     s_stop(&s_main);
     kl_events_destroy(&s_events);
-    if (s_db_name[0]) {
-        char *sql =
-            kl_asprintf("DROP DATABASE IF EXISTS %s WITH (FORCE)", s_db_name);
-        s_admin_exec(sql);
-        free(sql);
-    }
-    KL_FREE(&s_admin_url);
-    KL_FREE(&s_redis_url);
-    KL_FREE(&s_db_url);
+    kl_test_db_destroy(&s_db);
     return 0;
 }
 
@@ -1052,7 +952,8 @@ test_concurrent_start(void **state)
     char *sql = kl_asprintf("CREATE DATABASE %s", name);
     s_admin_exec(sql);
     free(sql);
-    char *url = s_conninfo_for(s_admin_url, name);
+    char *url = kl_test_db_conninfo(s_admin_url, name, NULL);
+    assert_non_null(url);
 
     s_starter_t a = {.db_url = url}, b = {.db_url = url};
     pthread_t ta, tb;

@@ -4,6 +4,7 @@
 #include "ws_fixture.h"
 
 #include "kl_alloc.h"
+#include "kl_test_db.h"
 
 #include <dirent.h>
 #include <pthread.h>
@@ -24,96 +25,31 @@ ws_fixture_t ws;
 char *
 ws_conninfo(const char *url, const char *dbname, const char *user)
 {
-    char *err = NULL;
-    PQconninfoOption *opts = PQconninfoParse(url, &err);
-    if (!opts) {
-        fprintf(stderr, "bad KLTEST_PG_URL: %s\n", err ? err : "?");
-        PQfreemem(err);
-        return NULL;
-    }
-    size_t cap = 1024, len = 0;
-    char *out = kl_calloc(1, cap);
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
-        const char *v = o->val;
-        if (dbname && strcmp(o->keyword, "dbname") == 0)
-            v = dbname;
-        if (user && strcmp(o->keyword, "user") == 0)
-            v = user;
-        /* The superuser's password is not the roles'; trust auth on
-         * loopback needs none. */
-        if (user && strcmp(o->keyword, "password") == 0)
-            v = NULL;
-        if (!v)
-            continue;
-        while (len + strlen(o->keyword) + 2 * strlen(v) + 8 > cap) {
-            cap *= 2;
-            out = kl_realloc(out, cap);
-        }
-        len += (size_t)sprintf(out + len, "%s='", o->keyword);
-        for (const char *p = v; *p; p++) {
-            if (*p == '\'' || *p == '\\')
-                out[len++] = '\\';
-            out[len++] = *p;
-        }
-        out[len++] = '\'';
-        out[len++] = ' ';
-        out[len] = '\0';
-    }
-    PQconninfoFree(opts);
-    return out;
+    /* A role's conninfo drops the superuser's password: trust auth on
+     * loopback needs none. */
+    return kl_test_db_conninfo(url, dbname, user);
 }
 
 void
 ws_exec(const char *url, const char *sql)
 {
-    PGconn *c = PQconnectdb(url);
-    if (PQstatus(c) != CONNECTION_OK)
-        fail_msg("connect: %s", PQerrorMessage(c));
-    PGresult *r = PQexec(c, sql);
-    if (PQresultStatus(r) != PGRES_COMMAND_OK &&
-        PQresultStatus(r) != PGRES_TUPLES_OK)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-    PQclear(r);
-    PQfinish(c);
+    if (kl_test_db_exec(url, sql) < 0)
+        fail_msg("ws_exec failed (see above)");
 }
 
 char *
 ws_value(const char *url, const char *sql)
 {
-    PGconn *c = PQconnectdb(url);
-    if (PQstatus(c) != CONNECTION_OK)
-        fail_msg("connect: %s", PQerrorMessage(c));
-    PGresult *r = PQexec(c, sql);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) < 1)
-        fail_msg("%s: %s", sql, PQresultErrorMessage(r));
-    char *v = kl_strdup(PQgetvalue(r, 0, 0));
-    PQclear(r);
-    PQfinish(c);
+    char *v = kl_test_db_value(url, sql);
+    if (!v)
+        fail_msg("ws_value failed (see above)");
     return v;
 }
 
 void
 ws_uuid(char out[37])
 {
-    static unsigned long long counter;
-    uint8_t b[16];
-    FILE *f = fopen("/dev/urandom", "rb");
-    if (!f || fread(b, 1, sizeof b, f) != sizeof b) {
-        /* Unique within the run is all the tests need. */
-        unsigned long long v = (unsigned long long)time(NULL) ^
-                               ((unsigned long long)getpid() << 32) ^ ++counter;
-        memcpy(b, &v, sizeof v);
-        memcpy(b + 8, &counter, sizeof counter);
-    }
-    if (f)
-        fclose(f);
-    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
-    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
-    snprintf(out, 37,
-             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x"
-             "%02x",
-             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10],
-             b[11], b[12], b[13], b[14], b[15]);
+    kl_test_db_uuid(out);
 }
 
 int
