@@ -302,8 +302,7 @@ static const struct {
 } s_procs[] = {
     {KL_PROC_GATEWAY, "gateway"}, {KL_PROC_TENANT, "tenant"},
     {KL_PROC_FLAGS, "flags"},     {KL_PROC_WORKSPACE, "workspace"},
-    {KL_PROC_BILLING, "billing"},
-    {KL_PROC_MIGRATION, "migration"},
+    {KL_PROC_BILLING, "billing"}, {KL_PROC_MIGRATION, "migration"},
 };
 
 /* "all", "services", or the readers' names separated by ", ". */

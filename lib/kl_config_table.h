@@ -33,17 +33,17 @@
       KL_PROC_ALL,                                                             \
       "Largest ZeroMQ message accepted; larger ones are refused unparsed.")    \
     X(CURVE_SECRET_KEY_FILE, STR, "", 0, 4096, NULL, 0, KL_PROC_ALL,           \
-      "This process's Curve key pair (NAME.key_secret from kowloonctl "       \
-      "keygen), its server and client key; empty: plaintext, loopback only.") \
+      "This process's Curve key pair (NAME.key_secret from kowloonctl "        \
+      "keygen), its server and client key; empty: plaintext, loopback only.")  \
     X(CURVE_ALLOWED_CLIENTS_DIR, STR, "", 0, 4096, NULL, 0, KL_PROC_SERVICES,  \
-      "Directory of the public certificates (NAME.key) of the clients "       \
-      "allowed to call this service over Curve; re-read when it changes.")    \
+      "Directory of the public certificates (NAME.key) of the clients "        \
+      "allowed to call this service over Curve; re-read when it changes.")     \
     X(CURVE_SERVER_PUBLIC_KEY, STR, "", 0, 40, NULL, 0, KL_PROC_ALL,           \
-      "Server public key (Z85) of *_ENDPOINTS entries written without "       \
-      "?key=; empty: those are plaintext.")                                   \
+      "Server public key (Z85) of *_ENDPOINTS entries written without "        \
+      "?key=; empty: those are plaintext.")                                    \
     X(RPC_DRAIN_GRACE_MS, INT, "1000", 0, 60000, NULL, 0, KL_PROC_SERVICES,    \
-      "On SIGTERM, how long a service keeps refusing new calls (not "         \
-      "executed, so callers retry elsewhere) before it exits.")               \
+      "On SIGTERM, how long a service keeps refusing new calls (not "          \
+      "executed, so callers retry elsewhere) before it exits.")                \
     X(REDIS_URL, STR, "redis://127.0.0.1:6379/0", 0, 1024, NULL,               \
       KL_CFG_SECRET, KL_PROC_ALL,                                              \
       "Redis for the event channel and caches; empty disables Redis.")         \
@@ -79,8 +79,8 @@
     X(HTTP_LISTEN, STR, "127.0.0.1:8080", 1, 256, NULL, 0, KL_PROC_GATEWAY,    \
       "Address and port the gateway listens on (civetweb listening_ports).")   \
     X(HTTP_THREADS, INT, "128", 1, 1024, NULL, 0, KL_PROC_GATEWAY,             \
-      "HTTP worker threads of the gateway; civetweb holds one per open "      \
-      "keep-alive connection, so keep it above the connections at once.")   \
+      "HTTP worker threads of the gateway; civetweb holds one per open "       \
+      "keep-alive connection, so keep it above the connections at once.")      \
     X(HTTP_MAX_BODY_BYTES, INT, "1048576", 1, 67108864, NULL, 0,               \
       KL_PROC_GATEWAY, "Largest request body; larger ones are answered 413.")  \
     X(TRUSTED_PROXIES, LIST, "127.0.0.1/32,::1/128", 0, 4096, NULL, 0,         \
@@ -103,11 +103,11 @@
       "Longest a cached tenant or API key is used without asking again.")      \
     X(ENTITLEMENTS_TTL_MS, INT, "30000", 1, 86400000, NULL, 0,                 \
       KL_PROC_GATEWAY,                                                         \
-      "Longest cached entitlements are used without asking the flags "        \
-      "service again (longer when it is down: stale-if-error).")              \
+      "Longest cached entitlements are used without asking the flags "         \
+      "service again (longer when it is down: stale-if-error).")               \
     X(GATEWAY_INSTANCES, INT, "1", 1, 1024, NULL, 0, KL_PROC_GATEWAY,          \
-      "Gateways sharing the traffic round-robin; each enforces 1/N of a "     \
-      "plan's api_requests_per_minute.")                                      \
+      "Gateways sharing the traffic round-robin; each enforces 1/N of a "      \
+      "plan's api_requests_per_minute.")                                       \
     X(TENANT_CACHE_MAX_ENTRIES, INT, "200000", 16, 10000000, NULL, 0,          \
       KL_PROC_GATEWAY, "Most tenants and API keys the gateway caches.")        \
     X(ROUTES_FILE, STR, "", 0, 4096, NULL, 0, KL_PROC_GATEWAY,                 \
@@ -145,8 +145,8 @@
     X(MIGRATION_ENDPOINTS, LIST, "tcp://127.0.0.1:7105", 1, 4096, NULL, 0,     \
       KL_PROC_TENANT,                                                          \
       "Every instance of the migration service (kowloonctl reads it too).")    \
-    X(MIGRATIONS_DIR, STR, "services/workspace/migrations", 1, 4096, NULL,     \
-      0, KL_PROC_MIGRATION,                                                    \
+    X(MIGRATIONS_DIR, STR, "services/workspace/migrations", 1, 4096, NULL, 0,  \
+      KL_PROC_MIGRATION,                                                       \
       "Directory of the product's migrations, V0001__name.sql ...")            \
     X(MIGRATION_WORKERS, INT, "4", 1, 64, NULL, 0, KL_PROC_MIGRATION,          \
       "Tenants one migration-service instance migrates at once.")              \
@@ -158,23 +158,23 @@
       "How often an idle migration worker looks for claimable work.")          \
     X(TENANT_DB_SERVERS, LIST, "", 0, 8192, NULL, KL_CFG_SECRET,               \
       KL_PROC_WORKSPACE | KL_PROC_TENANT | KL_PROC_MIGRATION,                  \
-      "Database servers of database-model tenants, name=libpq-url of the "    \
-      "application role each; \"main\" defaults to DATABASE_URL's server.")  \
+      "Database servers of database-model tenants, name=libpq-url of the "     \
+      "application role each; \"main\" defaults to DATABASE_URL's server.")    \
     X(TENANT_DB_OWNER_SERVERS, LIST, "", 0, 8192, NULL, KL_CFG_SECRET,         \
       KL_PROC_TENANT | KL_PROC_MIGRATION,                                      \
-      "name=libpq-url of the owner role (CREATEDB) on each database server, " \
-      "\"main\" included: schema and database tenants are provisioned "     \
-      "and moved with it.")                                                   \
+      "name=libpq-url of the owner role (CREATEDB) on each database server, "  \
+      "\"main\" included: schema and database tenants are provisioned "        \
+      "and moved with it.")                                                    \
     X(PLACEMENT_ENDPOINTS, LIST, "", 0, 4096, NULL, 0, KL_PROC_WORKSPACE,      \
-      "Tenant service instances asked where a tenant's data lives; empty: "   \
-      "row model only (schema and database tenants are refused).")            \
+      "Tenant service instances asked where a tenant's data lives; empty: "    \
+      "row model only (schema and database tenants are refused).")             \
     X(TENANT_DB_MAX_OPEN, INT, "16", 1, 4096, NULL, 0, KL_PROC_WORKSPACE,      \
-      "Tenant-database connections a worker keeps open (least recently "      \
-      "used closed first).")                                                  \
+      "Tenant-database connections a worker keeps open (least recently "       \
+      "used closed first).")                                                   \
     X(DATA_APP_ROLE, STR, "", 0, 63, NULL, 0,                                  \
       KL_PROC_TENANT | KL_PROC_MIGRATION,                                      \
-      "Role product services connect as, granted on new tenant schemas and "  \
-      "databases; empty: DATABASE_URL's user (tenant), no grants on tables "  \
+      "Role product services connect as, granted on new tenant schemas and "   \
+      "databases; empty: DATABASE_URL's user (tenant), no grants on tables "   \
       "added by migrations (migration).")
 
 #endif

@@ -12,6 +12,11 @@
  * Endpoints sit in the balancer's slots (kl_rpc_balancer.h): eps[slot].
  * Sockets belong to the I/O thread once it runs; a new endpoint set is
  * handed to it (set_req) and applied there, while the caller waits.
+ *
+ * Each DEALER has a socket monitor (zmq_socket_monitor) whose PAIR the I/O
+ * thread polls beside it: when a connection drops (a crashed instance, a
+ * heartbeat timeout), the calls sent on that endpoint fail UNAVAILABLE at
+ * once instead of waiting out their deadline in a pipe that is gone.
  */
 #include "kl_rpc_client.h"
 
@@ -84,6 +89,7 @@ typedef struct {
     char *spec;           /* as configured, "tcp://h:p?key=...", owned */
     char *addr;           /* what is connected, "tcp://h:p", owned */
     void *sock;           /* DEALER, I/O thread after start */
+    void *mon;            /* PAIR reading sock's monitor, same owner */
     bool ever_sent;       /* some send succeeded: it did connect */
     int64_t created_mono; /* when connect was called */
     uint64_t probe_corr;  /* correlation id of the probe out, 0 none */
@@ -121,6 +127,7 @@ struct kl_rpc_client {
     kl_rpc_balancer_t *lb;             /* choice and ejection */
     s_set_req_t *set_req;              /* endpoint set to apply */
     uint64_t next_probe;               /* probe correlation ids */
+    uint64_t next_monitor;             /* monitor inproc names */
     s_call_t *q_head;                  /* calls to send, oldest first */
     s_call_t *q_tail;                  /* last queued */
     s_call_t *pending[S_BUCKETS];      /* queued or sent calls by corr */
@@ -186,10 +193,51 @@ s_parse_spec(kl_rpc_client_t *self, const char *spec, char *addr,
     return 0;
 }
 
-/* A connected DEALER for spec, or NULL + status. */
+/* A PAIR receiving sock's ZMQ_EVENT_DISCONNECTED events, or NULL +
+ * status. Mutex held (next_monitor). */
+static void *
+s_monitor(kl_rpc_client_t *self, void *sock, kl_status_t *status)
+{
+    char name[64];
+    snprintf(name, sizeof name, "inproc://kl-rpc-client-monitor-%llu",
+             (unsigned long long)++self->next_monitor);
+    if (zmq_socket_monitor(sock, name, ZMQ_EVENT_DISCONNECTED) != 0) {
+        kl_status_set(status, KL_INTERNAL, "zmq_socket_monitor() failed: %s",
+                      zmq_strerror(zmq_errno()));
+        return NULL;
+    }
+    void *mon = zmq_socket(self->zctx, ZMQ_PAIR);
+    if (!mon) {
+        kl_status_set(status, KL_INTERNAL, "zmq_socket() failed: %s",
+                      zmq_strerror(zmq_errno()));
+        return NULL;
+    }
+    s_setsockopt_int(mon, ZMQ_LINGER, 0);
+    if (zmq_connect(mon, name) != 0) {
+        kl_status_set(status, KL_INTERNAL, "zmq_connect(%s) failed: %s", name,
+                      zmq_strerror(zmq_errno()));
+        zmq_close(mon);
+        return NULL;
+    }
+    return mon;
+}
+
+/* Closes a DEALER and its monitor's PAIR (either may be NULL). Closing
+ * the DEALER stops its monitor. */
+static void
+s_close_endpoint_socks(void *sock, void *mon)
+{
+    if (sock)
+        zmq_close(sock);
+    if (mon)
+        zmq_close(mon);
+}
+
+/* A connected DEALER for spec, watched by *mon_out, or NULL + status.
+ * Mutex held. */
 static void *
 s_connect(kl_rpc_client_t *self, const char *spec, char **addr_out,
-          kl_status_t *status)
+          void **mon_out, kl_status_t *status)
 {
     char addr[S_ADDR_MAX];
     const char *key = NULL;
@@ -214,20 +262,30 @@ s_connect(kl_rpc_client_t *self, const char *spec, char **addr_out,
         zmq_close(sock);
         return NULL;
     }
-    if (zmq_connect(sock, addr) != 0) {
-        kl_status_set(status, KL_INVALID_ARGUMENT, "zmq_connect(%s) failed: %s",
-                      addr, zmq_strerror(zmq_errno()));
+    /* Watched before it connects, so no drop goes unseen. */
+    void *mon = s_monitor(self, sock, status);
+    if (!mon) {
         zmq_close(sock);
         return NULL;
     }
+    if (zmq_connect(sock, addr) != 0) {
+        kl_status_set(status, KL_INVALID_ARGUMENT, "zmq_connect(%s) failed: %s",
+                      addr, zmq_strerror(zmq_errno()));
+        s_close_endpoint_socks(sock, mon);
+        return NULL;
+    }
     *addr_out = kl_strdup(addr);
+    *mon_out = mon;
     return sock;
 }
 
-/* Fails the calls sent on slot (it is being removed). Mutex held. */
-static void
-s_fail_slot_calls(kl_rpc_client_t *self, int slot)
+/* Fails UNAVAILABLE with message the calls sent on slot and not yet
+ * answered (it is being removed, or its connection was lost). Returns how
+ * many. Mutex held. */
+static int
+s_fail_slot_calls(kl_rpc_client_t *self, int slot, const char *message)
 {
+    int n = 0;
     for (size_t b = 0; b < S_BUCKETS; b++) {
         s_call_t **p = &self->pending[b];
         while (*p) {
@@ -235,13 +293,14 @@ s_fail_slot_calls(kl_rpc_client_t *self, int slot)
             if (c->state == S_SENT && c->endpoint == slot) {
                 *p = c->hnext;
                 c->hnext = NULL;
-                s_finish(self, c, KL_UNAVAILABLE,
-                         "instance removed from the configuration");
+                s_finish(self, c, KL_UNAVAILABLE, message);
+                n++;
             } else {
                 p = &c->hnext;
             }
         }
     }
+    return n;
 }
 
 /* Replaces the endpoint set with specs. All new sockets are made first, so
@@ -263,6 +322,7 @@ s_apply_endpoints(kl_rpc_client_t *self, char *const *specs, size_t n,
     /* keep[i]: the slot already serving specs[i], or -1. */
     int keep[S_MAX_ENDPOINTS];
     void *socks[S_MAX_ENDPOINTS] = {0};
+    void *mons[S_MAX_ENDPOINTS] = {0};
     char *addrs[S_MAX_ENDPOINTS] = {0};
     bool wanted[S_MAX_ENDPOINTS] = {0};
     int rc = 0;
@@ -276,15 +336,14 @@ s_apply_endpoints(kl_rpc_client_t *self, char *const *specs, size_t n,
                 break;
             }
         if (keep[i] < 0) {
-            socks[i] = s_connect(self, specs[i], &addrs[i], status);
+            socks[i] = s_connect(self, specs[i], &addrs[i], &mons[i], status);
             if (!socks[i])
                 rc = -status->code;
         }
     }
     if (rc < 0) {
         for (size_t i = 0; i < n; i++) {
-            if (socks[i])
-                zmq_close(socks[i]);
+            s_close_endpoint_socks(socks[i], mons[i]);
             free(addrs[i]);
         }
         return rc;
@@ -293,9 +352,9 @@ s_apply_endpoints(kl_rpc_client_t *self, char *const *specs, size_t n,
         s_endpoint_t *ep = &self->eps[s];
         if (!ep->used || wanted[s])
             continue;
-        s_fail_slot_calls(self, s);
+        s_fail_slot_calls(self, s, "instance removed from the configuration");
         kl_rpc_balancer_remove(self->lb, s);
-        zmq_close(ep->sock);
+        s_close_endpoint_socks(ep->sock, ep->mon);
         free(ep->spec);
         free(ep->addr);
         memset(ep, 0, sizeof *ep);
@@ -313,6 +372,7 @@ s_apply_endpoints(kl_rpc_client_t *self, char *const *specs, size_t n,
         ep->spec = kl_strdup(specs[i]);
         ep->addr = addrs[i];
         ep->sock = socks[i];
+        ep->mon = mons[i];
         ep->created_mono = now;
         self->n_eps++;
     }
@@ -701,11 +761,14 @@ s_on_reply(kl_rpc_client_t *self, int slot, const uint8_t *data, size_t len)
     kowloon__rpc__response__free_unpacked(resp, NULL);
 }
 
+/* Reads up to S_RECV_BATCH replies from slot, or every one there when
+ * all (its connection dropped: what it delivered is taken before the
+ * calls still out are failed). */
 static void
-s_read_endpoint(kl_rpc_client_t *self, int slot)
+s_read_endpoint(kl_rpc_client_t *self, int slot, bool all)
 {
     s_endpoint_t *ep = &self->eps[slot];
-    for (int n = 0; n < S_RECV_BATCH; n++) {
+    for (int n = 0; all || n < S_RECV_BATCH; n++) {
         zmq_msg_t msg;
         zmq_msg_init(&msg);
         if (zmq_msg_recv(&msg, ep->sock, ZMQ_DONTWAIT) < 0) {
@@ -729,11 +792,77 @@ s_read_endpoint(kl_rpc_client_t *self, int slot)
     }
 }
 
+/* Reads what slot's monitor has; true when a connection dropped. A
+ * monitor message is two frames: the event (uint16, host order) and its
+ * value (uint32), then the peer's address. */
+static bool
+s_read_monitor(kl_rpc_client_t *self, int slot)
+{
+    void *mon = self->eps[slot].mon;
+    bool lost = false;
+    for (int n = 0; n < S_RECV_BATCH; n++) {
+        zmq_msg_t msg;
+        zmq_msg_init(&msg);
+        if (zmq_msg_recv(&msg, mon, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&msg);
+            break;
+        }
+        uint16_t event = 0;
+        if (zmq_msg_size(&msg) >= sizeof event + sizeof(uint32_t))
+            memcpy(&event, zmq_msg_data(&msg), sizeof event);
+        bool more = zmq_msg_more(&msg);
+        zmq_msg_close(&msg);
+        /* The rest of a message is there once its first frame is. */
+        while (more) {
+            zmq_msg_init(&msg);
+            if (zmq_msg_recv(&msg, mon, 0) < 0)
+                more = false;
+            else
+                more = zmq_msg_more(&msg);
+            zmq_msg_close(&msg);
+        }
+        if (event == ZMQ_EVENT_DISCONNECTED)
+            lost = true;
+    }
+    return lost;
+}
+
+/* The connection of slot dropped. Replies that made it before are taken
+ * first; the calls still sent there then fail UNAVAILABLE at once (they
+ * may have run, so they are not marked not executed: the retry rules for
+ * UNAVAILABLE apply), each counting as a failure of the instance (the
+ * loss itself counts one when no call was out). A probe out there has
+ * failed too. On the I/O thread. */
+static void
+s_on_lost(kl_rpc_client_t *self, int slot)
+{
+    s_read_endpoint(self, slot, true);
+    const char *addr = self->eps[slot].addr;
+    char msg[S_ADDR_MAX + 32];
+    snprintf(msg, sizeof msg, "connection to %s lost", addr);
+    pthread_mutex_lock(&self->mu);
+    s_endpoint_t *ep = &self->eps[slot];
+    int64_t now = kl_now_mono_ms();
+    int n = s_fail_slot_calls(self, slot, msg);
+    if (n == 0)
+        kl_rpc_balancer_failed(self->lb, slot, now);
+    if (ep->probe_corr) {
+        ep->probe_corr = 0;
+        kl_rpc_balancer_probe_result(self->lb, slot, false, now);
+    }
+    pthread_mutex_unlock(&self->mu);
+    KL_LOG(n ? KL_WARN : KL_DEBUG,
+           "%s instance %s: connection lost, %d call(s) in flight failed",
+           self->service->name, addr, n);
+}
+
 static void *
 s_io_main(void *arg)
 {
     kl_rpc_client_t *self = arg;
-    zmq_pollitem_t items[S_MAX_ENDPOINTS + 1];
+    /* Each endpoint's DEALER (0..n-1), its monitor (n..2n-1), the
+     * eventfd (2n). */
+    zmq_pollitem_t items[2 * S_MAX_ENDPOINTS + 1];
     int slots[S_MAX_ENDPOINTS];
 
     for (;;) {
@@ -763,25 +892,24 @@ s_io_main(void *arg)
         int64_t next_probe = s_probe(self, now);
         int n = 0;
         for (int s = 0; s < S_MAX_ENDPOINTS; s++)
-            if (self->eps[s].used) {
-                items[n].socket = self->eps[s].sock;
-                items[n].fd = 0;
-                items[n].events = ZMQ_POLLIN;
-                items[n].revents = 0;
+            if (self->eps[s].used)
                 slots[n++] = s;
-            }
+        for (int i = 0; i < n; i++) {
+            items[i] = (zmq_pollitem_t){.socket = self->eps[slots[i]].sock,
+                                        .events = ZMQ_POLLIN};
+            items[n + i] = (zmq_pollitem_t){.socket = self->eps[slots[i]].mon,
+                                            .events = ZMQ_POLLIN};
+        }
         pthread_mutex_unlock(&self->mu);
-        items[n].socket = NULL;
-        items[n].fd = self->wake_fd;
-        items[n].events = ZMQ_POLLIN;
-        items[n].revents = 0;
+        items[2 * n] =
+            (zmq_pollitem_t){.fd = self->wake_fd, .events = ZMQ_POLLIN};
 
         long timeout = -1;
         if (next_probe != INT64_MAX)
             timeout = next_probe > now ? (long)(next_probe - now) : 0;
         if (held && (timeout < 0 || timeout > S_HOLD_TICK_MS))
             timeout = S_HOLD_TICK_MS;
-        int rc = zmq_poll(items, n + 1, timeout);
+        int rc = zmq_poll(items, 2 * n + 1, timeout);
         if (rc < 0) {
             if (zmq_errno() == EINTR)
                 continue;
@@ -792,22 +920,27 @@ s_io_main(void *arg)
             pthread_mutex_unlock(&self->mu);
             continue;
         }
-        if (items[n].revents & ZMQ_POLLIN) {
+        if (items[2 * n].revents & ZMQ_POLLIN) {
             uint64_t v;
             ssize_t r = read(self->wake_fd, &v, sizeof v);
             (void)r;
         }
         /* Only this thread changes the endpoint set, so the slots polled
-         * are still the same sockets. */
+         * are still the same sockets. Replies first: a drop seen in the
+         * same round must not fail a call whose reply is here. */
         for (int i = 0; i < n; i++)
             if (items[i].revents & ZMQ_POLLIN)
-                s_read_endpoint(self, slots[i]);
+                s_read_endpoint(self, slots[i], false);
+        for (int i = 0; i < n; i++)
+            if ((items[n + i].revents & ZMQ_POLLIN) &&
+                s_read_monitor(self, slots[i]))
+                s_on_lost(self, slots[i]);
     }
-    for (int s = 0; s < S_MAX_ENDPOINTS; s++)
-        if (self->eps[s].sock) {
-            zmq_close(self->eps[s].sock);
-            self->eps[s].sock = NULL;
-        }
+    for (int s = 0; s < S_MAX_ENDPOINTS; s++) {
+        s_close_endpoint_socks(self->eps[s].sock, self->eps[s].mon);
+        self->eps[s].sock = NULL;
+        self->eps[s].mon = NULL;
+    }
     return NULL;
 }
 
@@ -831,8 +964,7 @@ kl_rpc_client_destroy(kl_rpc_client_t **self_p)
         pthread_cond_wait(&self->idle, &self->mu);
     pthread_mutex_unlock(&self->mu);
     for (int s = 0; s < S_MAX_ENDPOINTS; s++) {
-        if (self->eps[s].sock)
-            zmq_close(self->eps[s].sock);
+        s_close_endpoint_socks(self->eps[s].sock, self->eps[s].mon);
         free(self->eps[s].spec);
         free(self->eps[s].addr);
     }

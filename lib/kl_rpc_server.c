@@ -37,6 +37,7 @@
 #define S_RECV_BATCH 256
 /* How long a closed socket may keep flushing replies. */
 #define S_LINGER_MS 1000
+#define S_SETTLE_MS 200 /* open after the last reply, see run() */
 #define S_HEARTBEAT_IVL_MS 1000
 #define S_HEARTBEAT_TIMEOUT_MS 3000
 #define S_IDENTITY_MAX 256
@@ -937,7 +938,17 @@ kl_rpc_server_run(kl_rpc_server_t *self)
             self->workers[i].started = false;
         }
     s_flush_replies(self);
-    /* Closing lets libzmq flush the replies just sent, up to the linger. */
+    /* Keep the socket open a moment before closing it: replies handed to
+     * libzmq just now were seen lost when the socket closed at once (their
+     * calls had run, the caller never got the answer), linger or not. Calls
+     * arriving meanwhile are refused as not executed. */
+    int64_t settle_end = kl_now_mono_ms() + S_SETTLE_MS;
+    while (kl_now_mono_ms() < settle_end) {
+        zmq_pollitem_t item = {self->router, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&item, 1, 10) > 0)
+            s_read_router(self, true);
+        s_flush_replies(self);
+    }
     zmq_close(self->router);
     self->router = NULL;
 

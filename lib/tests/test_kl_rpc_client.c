@@ -11,6 +11,11 @@
 
 #include <cmocka.h>
 
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include "kl_rpc_test_echo.h"
 
 #define S_THREADS 8
@@ -582,6 +587,160 @@ test_drain_under_load_fails_nothing(void **state)
     kl_rpc_client_destroy(&c);
 }
 
+/* --- an instance that crashes ------------------------------------------ */
+
+/* A server tagged tag in a child process, so that SIGKILL can end it the
+ * way a crash does: the kernel closes its connections, nothing is said on
+ * the wire. Its endpoint is written to ep. Returns the child's pid. */
+static pid_t
+s_fork_server(const char *tag, char *ep, size_t ep_size)
+{
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fds[0]);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        ts_server_t *ts = ts_start(tag, 2, 0);
+        if (!ts)
+            _exit(1);
+        const char *e = kl_rpc_server_endpoint(ts->server);
+        ssize_t w = write(fds[1], e, strlen(e));
+        (void)w;
+        close(fds[1]);
+        for (;;)
+            pause();
+    }
+    close(fds[1]);
+    size_t len = 0;
+    ssize_t r;
+    while (len + 1 < ep_size &&
+           (r = read(fds[0], ep + len, ep_size - 1 - len)) > 0)
+        len += (size_t)r;
+    ep[len] = '\0';
+    close(fds[0]);
+    assert_true(len > 0);
+    return pid;
+}
+
+static void
+s_kill_server(pid_t pid)
+{
+    assert_int_equal(kill(pid, SIGKILL), 0);
+    int wst;
+    assert_int_equal(waitpid(pid, &wst, 0), pid);
+    assert_true(WIFSIGNALED(wst));
+}
+
+typedef struct {
+    kl_rpc_client_t *client; /* shared */
+    const char *text;        /* Sleep text: "" sleeps everywhere */
+    bool idempotent;         /* the call's mark */
+    int rc;                  /* outcome */
+    kl_status_t st;          /* its status */
+    char tag[16];            /* who answered */
+    atomic_bool done;        /* rc, st and tag are set */
+} s_sleep_arg_t;
+
+static void *
+s_sleep_call(void *arg)
+{
+    s_sleep_arg_t *p = arg;
+    p->rc = ts_call_echo(p->client, "Sleep", p->text, 3000, 10000,
+                         p->idempotent, p->tag, sizeof p->tag, &p->st);
+    atomic_store(&p->done, true);
+    return NULL;
+}
+
+static void
+test_crashed_instance_fails_calls_at_once(void **state)
+{
+    char ep[128];
+    pid_t pid = s_fork_server("A", ep, sizeof ep);
+    const char *eps[] = {ep};
+    kl_rpc_client_t *c = ts_client(&kowloon__test__echo__descriptor, eps, 1);
+    assert_non_null(c);
+    kl_status_t st;
+    assert_int_equal(
+        ts_call_echo(c, "Echo", "hello", 0, 2000, false, NULL, 0, &st), 0);
+
+    /* A 3 s call with a 10 s timeout is running when the instance dies:
+     * it fails UNAVAILABLE as soon as the connection is gone, not at its
+     * deadline. */
+    s_sleep_arg_t p = {.client = c, .text = "", .rc = 1};
+    atomic_init(&p.done, false);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, s_sleep_call, &p), 0);
+    ts_sleep_ms(500);
+    assert_false(atomic_load(&p.done));
+    int64_t t0 = kl_now_mono_ms();
+    s_kill_server(pid);
+    pthread_join(th, NULL);
+    int64_t took = kl_now_mono_ms() - t0;
+    assert_int_equal(p.rc, -KL_UNAVAILABLE);
+    char want[200];
+    snprintf(want, sizeof want, "connection to %s lost", ep);
+    assert_string_equal(p.st.message, want);
+    assert_true(took < 2000);
+    kl_rpc_client_stats_t stats;
+    kl_rpc_client_stats(c, &stats);
+    assert_int_equal(stats.timeouts, 0);
+    assert_int_equal(stats.retries, 0);
+    assert_int_equal(stats.failures, 1);
+    kl_rpc_client_destroy(&c);
+}
+
+static void
+test_crashed_instance_idempotent_goes_elsewhere(void **state)
+{
+    /* Fork before this process starts any thread of its own. */
+    char ep[128];
+    pid_t pid = s_fork_server("A", ep, sizeof ep);
+    ts_server_t *b = ts_start("B", 2, 0);
+    const char *eps[] = {ep, kl_rpc_server_endpoint(b->server)};
+    kl_rpc_client_t *c = ts_client(&kowloon__test__echo__descriptor, eps, 2);
+    assert_non_null(c);
+    ts_sleep_ms(200);
+
+    /* Sleep "A" takes 3 s on A and no time on B: a call still running
+     * after 500 ms is on A. Calls alternate, so one of the first few is. */
+    s_sleep_arg_t p;
+    pthread_t th;
+    bool on_a = false;
+    for (int i = 0; i < 4 && !on_a; i++) {
+        p = (s_sleep_arg_t){
+            .client = c, .text = "A", .idempotent = true, .rc = 1};
+        atomic_init(&p.done, false);
+        assert_int_equal(pthread_create(&th, NULL, s_sleep_call, &p), 0);
+        ts_sleep_ms(500);
+        on_a = !atomic_load(&p.done);
+        if (!on_a) {
+            pthread_join(th, NULL);
+            assert_int_equal(p.rc, 0);
+            assert_string_equal(p.tag, "B");
+        }
+    }
+    assert_true(on_a);
+    int b_before = atomic_load(&b->invocations);
+    int64_t t0 = kl_now_mono_ms();
+    s_kill_server(pid);
+    pthread_join(th, NULL);
+    int64_t took = kl_now_mono_ms() - t0;
+    /* Retried on B within its deadline, long before it. */
+    assert_int_equal(p.rc, 0);
+    assert_string_equal(p.tag, "B");
+    assert_true(took < 2000);
+    assert_int_equal(atomic_load(&b->invocations), b_before + 1);
+    kl_rpc_client_stats_t stats;
+    kl_rpc_client_stats(c, &stats);
+    assert_int_equal(stats.retries, 1);
+    assert_int_equal(stats.timeouts, 0);
+    assert_int_equal(stats.failures, 0);
+    kl_rpc_client_destroy(&c);
+    ts_destroy(&b);
+}
+
 int
 main(void)
 {
@@ -597,6 +756,8 @@ main(void)
         cmocka_unit_test(test_set_endpoints_adds_and_removes),
         cmocka_unit_test(test_ejected_instance_comes_back),
         cmocka_unit_test(test_drain_under_load_fails_nothing),
+        cmocka_unit_test(test_crashed_instance_fails_calls_at_once),
+        cmocka_unit_test(test_crashed_instance_idempotent_goes_elsewhere),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

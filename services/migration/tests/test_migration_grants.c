@@ -18,14 +18,12 @@
 #include "kl_log.h"
 #include "kl_rpc_client.h"
 #include "kl_test_db.h"
+#include "kl_test_proc.h"
 #include "kowloon/migration.pb-c.h"
 #include "kowloon/tenant.pb-c.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <libpq-fe.h>
-#include <netinet/in.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -33,15 +31,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
-
-extern char **environ;
 
 #define S_TIMEOUT_MS 60000
 #define S_SHARED "workspace"
@@ -54,7 +48,7 @@ static char s_app[64];          /* the application role */
 static char s_tmp[128];         /* scratch directory */
 static char s_dir[192];         /* the migrations the instance loads */
 static int s_tenant_port, s_mig_port;
-static pid_t s_tenant_pid, s_mig_pid;
+static kl_test_proc_t *s_tenant_proc, *s_mig_proc;
 static kl_rpc_client_t *s_tenants, *s_mig;
 
 typedef struct {
@@ -97,97 +91,20 @@ s_value(const char *url, const char *sql)
 /* --- processes --------------------------------------------------------- */
 
 static int
-s_free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0)
-        fail_msg("no free port: %s", strerror(errno));
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-/* Starts bin with the KOWLOON_* settings in vars (NULL-terminated) in
- * place of any inherited ones; its output goes to log. */
-static pid_t
-s_spawn(const char *bin, const char *const *vars, const char *log)
-{
-    size_t n_env = 0, n_vars = 0;
-    while (environ[n_env])
-        n_env++;
-    while (vars[n_vars])
-        n_vars++;
-    char **env = kl_calloc(n_env + n_vars + 1, sizeof *env);
-    size_t k = 0;
-    for (size_t i = 0; i < n_vars; i++)
-        env[k++] = (char *)vars[i];
-    for (size_t i = 0; i < n_env; i++)
-        if (strncmp(environ[i], "KOWLOON_", 8) != 0)
-            env[k++] = environ[i];
-    env[k] = NULL;
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        char *argv[] = {(char *)bin, NULL};
-        execve(bin, argv, env);
-        _exit(127);
-    }
-    free(env);
-    if (pid < 0)
-        fail_msg("fork: %s", strerror(errno));
-    return pid;
-}
-
-/* SIGTERM and wait; the exit status (0: clean, LeakSanitizer included). */
-static int
-s_stop(pid_t *pid)
-{
-    if (*pid <= 0)
-        return 0;
-    kill(*pid, SIGTERM);
-    int st = 0;
-    waitpid(*pid, &st, 0);
-    *pid = 0;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-static int64_t
-s_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void
-s_sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static int
 s_call(kl_rpc_client_t *c, const char *method, const void *in, void *out,
        kl_status_t *st)
 {
     kl_call_opts_t o = {.timeout_ms = S_TIMEOUT_MS};
     /* Right after a restart the client may not have reconnected yet; a
      * call no peer took was never sent, so trying again is safe. */
-    int64_t until = s_now_ms() + 10000;
+    int64_t until = kl_test_proc_now_ms() + 10000;
     for (;;) {
         int rc = kl_rpc_client_call(c, method, (const ProtobufCMessage *)in, &o,
                                     (ProtobufCMessage **)out, st);
-        if (rc != -KL_UNAVAILABLE || s_now_ms() > until ||
+        if (rc != -KL_UNAVAILABLE || kl_test_proc_now_ms() > until ||
             !strstr(st->message, "no connected instance"))
             return rc;
-        s_sleep_ms(50);
+        kl_test_proc_sleep_ms(50);
     }
 }
 
@@ -221,32 +138,20 @@ s_start_migration(void)
                           "KOWLOON_MIGRATION_POLL_MS=100",
                           "KOWLOON_MIGRATION_SHARED_SCHEMA=" S_SHARED,
                           NULL};
-    s_mig_pid = s_spawn(KLTEST_MIGRATION_BIN, vars, log);
+    s_mig_proc =
+        kl_test_proc_start(KLTEST_MIGRATION_BIN, vars, "KOWLOON_", log);
 }
 
 /* Waits until the migration instance answers Status. */
 static void
 s_wait_migration_up(void)
 {
-    int64_t until = s_now_ms() + 30000;
-    for (;;) {
-        Kowloon__Migration__StatusRequest req =
-            KOWLOON__MIGRATION__STATUS_REQUEST__INIT;
-        ProtobufCMessage *out = NULL;
-        kl_call_opts_t co = {.timeout_ms = 500};
-        kl_status_t st;
-        int rc = kl_rpc_client_call(s_mig, "Status", &req.base, &co, &out, &st);
-        if (out)
-            protobuf_c_message_free_unpacked(out, NULL);
-        if (rc == 0 || st.code == KL_NOT_FOUND)
-            return;
-        int ws;
-        if (waitpid(s_mig_pid, &ws, WNOHANG) == s_mig_pid)
-            fail_msg("kowloon-migration exited (see %s)", s_tmp);
-        if (s_now_ms() > until)
-            fail_msg("kowloon-migration does not answer: %s", st.message);
-        s_sleep_ms(100);
-    }
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", s_mig_port);
+    kl_status_t st;
+    if (kl_test_proc_wait_serving(s_mig_proc, ep, 30000, &st) < 0)
+        fail_msg("kowloon-migration does not answer: %s (see %s)", st.message,
+                 s_tmp);
 }
 
 /* --- migration files --------------------------------------------------- */
@@ -325,8 +230,8 @@ s_group_setup(void **state)
     s_file("V0001__projects.sql", s_v1);
     s_file("V0002__tasks.sql", s_v2);
 
-    s_tenant_port = s_free_port();
-    s_mig_port = s_free_port();
+    s_tenant_port = kl_test_proc_free_port();
+    s_mig_port = kl_test_proc_free_port();
     char mep[64];
     snprintf(mep, sizeof mep, "tcp://127.0.0.1:%d", s_mig_port);
 
@@ -349,7 +254,8 @@ s_group_setup(void **state)
                           "KOWLOON_REDIS_URL=",
                           "KOWLOON_LOG_LEVEL=warn",
                           NULL};
-    s_tenant_pid = s_spawn(KLTEST_TENANT_BIN, vars, log);
+    s_tenant_proc =
+        kl_test_proc_start(KLTEST_TENANT_BIN, vars, "KOWLOON_", log);
     char ep[64];
     snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", s_tenant_port);
     const char *eps[] = {ep};
@@ -357,23 +263,10 @@ s_group_setup(void **state)
     kl_rpc_client_opts_t o = {.endpoints = eps, .n_endpoints = 1};
     s_tenants = kl_rpc_client_new(&kowloon__tenant__tenant_service__descriptor,
                                   &o, &st);
-    int64_t until = s_now_ms() + 30000;
-    for (;;) {
-        Kowloon__Tenant__ListTenantsRequest req =
-            KOWLOON__TENANT__LIST_TENANTS_REQUEST__INIT;
-        ProtobufCMessage *out = NULL;
-        kl_call_opts_t co = {.timeout_ms = 500};
-        if (kl_rpc_client_call(s_tenants, "List", &req.base, &co, &out, &st) ==
-            0) {
-            protobuf_c_message_free_unpacked(out, NULL);
-            break;
-        }
-        if (s_now_ms() > until) {
-            fprintf(stderr, "kowloon-tenant does not answer: %s (log %s)\n",
-                    st.message, log);
-            return -1;
-        }
-        s_sleep_ms(100);
+    if (kl_test_proc_wait_serving(s_tenant_proc, ep, 30000, &st) < 0) {
+        fprintf(stderr, "kowloon-tenant does not answer: %s (log %s)\n",
+                st.message, log);
+        return -1;
     }
     const char *mig_eps[] = {mep};
     kl_rpc_client_opts_t mo = {.endpoints = mig_eps, .n_endpoints = 1};
@@ -389,11 +282,11 @@ s_group_teardown(void **state)
 {
     (void)state;
     int rc = 0;
-    if (s_stop(&s_mig_pid) != 0) {
+    if (kl_test_proc_stop(&s_mig_proc) != 0) {
         fprintf(stderr, "kowloon-migration did not exit cleanly (%s)\n", s_tmp);
         rc = -1;
     }
-    if (s_stop(&s_tenant_pid) != 0) {
+    if (kl_test_proc_stop(&s_tenant_proc) != 0) {
         fprintf(stderr, "kowloon-tenant did not exit cleanly (%s)\n", s_tmp);
         rc = -1;
     }
@@ -431,7 +324,7 @@ s_group_teardown(void **state)
 static void
 s_wait_clean(int64_t run_id, int total)
 {
-    int64_t until = s_now_ms() + 120000;
+    int64_t until = kl_test_proc_now_ms() + 120000;
     for (;;) {
         Kowloon__Migration__StatusRequest req =
             KOWLOON__MIGRATION__STATUS_REQUEST__INIT;
@@ -452,9 +345,9 @@ s_wait_clean(int64_t run_id, int total)
             return;
         }
         protobuf_c_message_free_unpacked(&s->base, NULL);
-        if (s_now_ms() > until)
+        if (kl_test_proc_now_ms() > until)
             fail_msg("run %ld did not finish", (long)run_id);
-        s_sleep_ms(100);
+        kl_test_proc_sleep_ms(100);
     }
 }
 
@@ -592,7 +485,7 @@ test_new_table_is_granted_to_app_role(void **state)
     }
 
     s_file("V0003__notes.sql", s_v3);
-    assert_int_equal(s_stop(&s_mig_pid), 0);
+    assert_int_equal(kl_test_proc_stop(&s_mig_proc), 0);
     s_start_migration();
     s_wait_migration_up();
     /* shared + schema + database. */

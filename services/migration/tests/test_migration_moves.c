@@ -18,14 +18,12 @@
 #include "kl_log.h"
 #include "kl_rpc_client.h"
 #include "kl_test_db.h"
+#include "kl_test_proc.h"
 #include "kowloon/migration.pb-c.h"
 #include "kowloon/tenant.pb-c.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <libpq-fe.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -34,15 +32,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
-
-extern char **environ;
 
 #define S_TIMEOUT_MS 60000
 #define S_SHARED "workspace"
@@ -54,7 +48,7 @@ static const char *s_db_url;    /* its conninfo */
 static char s_tmp[128];         /* scratch directory */
 static char s_dir[192];         /* the migrations the instances load */
 static int s_tenant_port, s_mig_port[2];
-static pid_t s_tenant_pid, s_mig_pid[2];
+static kl_test_proc_t *s_tenant_proc, *s_mig_proc[2];
 static kl_rpc_client_t *s_tenants, *s_mig;
 
 typedef struct {
@@ -104,97 +98,20 @@ s_value(const char *url, const char *sql)
 /* --- processes --------------------------------------------------------- */
 
 static int
-s_free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0)
-        fail_msg("no free port: %s", strerror(errno));
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-/* Starts bin with the KOWLOON_* settings in vars (NULL-terminated) in
- * place of any inherited ones; its output goes to log. */
-static pid_t
-s_spawn(const char *bin, const char *const *vars, const char *log)
-{
-    size_t n_env = 0, n_vars = 0;
-    while (environ[n_env])
-        n_env++;
-    while (vars[n_vars])
-        n_vars++;
-    char **env = kl_calloc(n_env + n_vars + 1, sizeof *env);
-    size_t k = 0;
-    for (size_t i = 0; i < n_vars; i++)
-        env[k++] = (char *)vars[i];
-    for (size_t i = 0; i < n_env; i++)
-        if (strncmp(environ[i], "KOWLOON_", 8) != 0)
-            env[k++] = environ[i];
-    env[k] = NULL;
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        char *argv[] = {(char *)bin, NULL};
-        execve(bin, argv, env);
-        _exit(127);
-    }
-    free(env);
-    if (pid < 0)
-        fail_msg("fork: %s", strerror(errno));
-    return pid;
-}
-
-/* SIGTERM and wait; the exit status (0: clean, LeakSanitizer included). */
-static int
-s_stop(pid_t *pid)
-{
-    if (*pid <= 0)
-        return 0;
-    kill(*pid, SIGTERM);
-    int st = 0;
-    waitpid(*pid, &st, 0);
-    *pid = 0;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-static int64_t
-s_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void
-s_sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static int
 s_call(kl_rpc_client_t *c, const char *method, const void *in, void *out,
        kl_status_t *st)
 {
     kl_call_opts_t o = {.timeout_ms = S_TIMEOUT_MS};
     /* Right after a restart the client may not have reconnected yet; a
      * call no peer took was never sent, so trying again is safe. */
-    int64_t until = s_now_ms() + 10000;
+    int64_t until = kl_test_proc_now_ms() + 10000;
     for (;;) {
         int rc = kl_rpc_client_call(c, method, (const ProtobufCMessage *)in, &o,
                                     (ProtobufCMessage **)out, st);
-        if (rc != -KL_UNAVAILABLE || s_now_ms() > until ||
+        if (rc != -KL_UNAVAILABLE || kl_test_proc_now_ms() > until ||
             !strstr(st->message, "no connected instance"))
             return rc;
-        s_sleep_ms(50);
+        kl_test_proc_sleep_ms(50);
     }
 }
 
@@ -227,7 +144,8 @@ s_start_migration(int i)
                           "KOWLOON_MIGRATION_POLL_MS=100",
                           "KOWLOON_MIGRATION_SHARED_SCHEMA=" S_SHARED,
                           NULL};
-    s_mig_pid[i] = s_spawn(KLTEST_MIGRATION_BIN, vars, log);
+    s_mig_proc[i] =
+        kl_test_proc_start(KLTEST_MIGRATION_BIN, vars, "KOWLOON_", log);
 }
 
 /* Waits until every migration instance answers Status. */
@@ -237,32 +155,10 @@ s_wait_migration_up(void)
     for (int i = 0; i < 2; i++) {
         char ep[64];
         snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", s_mig_port[i]);
-        const char *eps[] = {ep};
         kl_status_t st;
-        kl_rpc_client_opts_t o = {.endpoints = eps, .n_endpoints = 1};
-        kl_rpc_client_t *c = kl_rpc_client_new(
-            &kowloon__migration__migration_service__descriptor, &o, &st);
-        assert_non_null(c);
-        int64_t until = s_now_ms() + 30000;
-        for (;;) {
-            Kowloon__Migration__StatusRequest req =
-                KOWLOON__MIGRATION__STATUS_REQUEST__INIT;
-            ProtobufCMessage *out = NULL;
-            kl_call_opts_t co = {.timeout_ms = 500};
-            int rc = kl_rpc_client_call(c, "Status", &req.base, &co, &out, &st);
-            if (out)
-                protobuf_c_message_free_unpacked(out, NULL);
-            if (rc == 0 || st.code == KL_NOT_FOUND)
-                break;
-            int ws;
-            if (waitpid(s_mig_pid[i], &ws, WNOHANG) == s_mig_pid[i])
-                fail_msg("kowloon-migration %d exited (see %s)", i, s_tmp);
-            if (s_now_ms() > until)
-                fail_msg("kowloon-migration %d does not answer: %s", i,
-                         st.message);
-            s_sleep_ms(100);
-        }
-        kl_rpc_client_destroy(&c);
+        if (kl_test_proc_wait_serving(s_mig_proc[i], ep, 30000, &st) < 0)
+            fail_msg("kowloon-migration %d does not answer: %s (see %s)", i,
+                     st.message, s_tmp);
     }
 }
 
@@ -271,7 +167,7 @@ static void
 s_restart_migrations(void)
 {
     for (int i = 0; i < 2; i++)
-        assert_int_equal(s_stop(&s_mig_pid[i]), 0);
+        assert_int_equal(kl_test_proc_stop(&s_mig_proc[i]), 0);
     s_start_migration(0);
     s_start_migration(1);
     s_wait_migration_up();
@@ -361,9 +257,9 @@ s_group_setup(void **state)
     s_second = kl_asprintf("%s user='%s'", admin, s_role);
     free(admin);
 
-    s_tenant_port = s_free_port();
-    s_mig_port[0] = s_free_port();
-    s_mig_port[1] = s_free_port();
+    s_tenant_port = kl_test_proc_free_port();
+    s_mig_port[0] = kl_test_proc_free_port();
+    s_mig_port[1] = kl_test_proc_free_port();
     char ep0[64], ep1[64];
     snprintf(ep0, sizeof ep0, "tcp://127.0.0.1:%d", s_mig_port[0]);
     snprintf(ep1, sizeof ep1, "tcp://127.0.0.1:%d", s_mig_port[1]);
@@ -382,7 +278,8 @@ s_group_setup(void **state)
     const char *vars[] = {
         bind, db, owners, meps, "KOWLOON_REDIS_URL=", "KOWLOON_LOG_LEVEL=warn",
         NULL};
-    s_tenant_pid = s_spawn(KLTEST_TENANT_BIN, vars, log);
+    s_tenant_proc =
+        kl_test_proc_start(KLTEST_TENANT_BIN, vars, "KOWLOON_", log);
     char ep[64];
     snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", s_tenant_port);
     const char *eps[] = {ep};
@@ -390,23 +287,10 @@ s_group_setup(void **state)
     kl_rpc_client_opts_t o = {.endpoints = eps, .n_endpoints = 1};
     s_tenants = kl_rpc_client_new(&kowloon__tenant__tenant_service__descriptor,
                                   &o, &st);
-    int64_t until = s_now_ms() + 30000;
-    for (;;) {
-        Kowloon__Tenant__ListTenantsRequest req =
-            KOWLOON__TENANT__LIST_TENANTS_REQUEST__INIT;
-        ProtobufCMessage *out = NULL;
-        kl_call_opts_t co = {.timeout_ms = 500};
-        if (kl_rpc_client_call(s_tenants, "List", &req.base, &co, &out, &st) ==
-            0) {
-            protobuf_c_message_free_unpacked(out, NULL);
-            break;
-        }
-        if (s_now_ms() > until) {
-            fprintf(stderr, "kowloon-tenant does not answer: %s (log %s)\n",
-                    st.message, log);
-            return -1;
-        }
-        s_sleep_ms(100);
+    if (kl_test_proc_wait_serving(s_tenant_proc, ep, 30000, &st) < 0) {
+        fprintf(stderr, "kowloon-tenant does not answer: %s (log %s)\n",
+                st.message, log);
+        return -1;
     }
     const char *mig_eps[] = {ep0, ep1};
     kl_rpc_client_opts_t mo = {.endpoints = mig_eps, .n_endpoints = 2};
@@ -435,12 +319,12 @@ s_group_teardown(void **state)
     (void)state;
     int rc = 0;
     for (int i = 0; i < 2; i++)
-        if (s_stop(&s_mig_pid[i]) != 0) {
+        if (kl_test_proc_stop(&s_mig_proc[i]) != 0) {
             fprintf(stderr, "kowloon-migration %d did not exit cleanly (%s)\n",
                     i, s_tmp);
             rc = -1;
         }
-    if (s_stop(&s_tenant_pid) != 0) {
+    if (kl_test_proc_stop(&s_tenant_proc) != 0) {
         fprintf(stderr, "kowloon-tenant did not exit cleanly (%s)\n", s_tmp);
         rc = -1;
     }
@@ -491,7 +375,7 @@ s_status(int64_t run_id)
 static void
 s_wait_clean(int64_t run_id, int total)
 {
-    int64_t until = s_now_ms() + 120000;
+    int64_t until = kl_test_proc_now_ms() + 120000;
     for (;;) {
         Kowloon__Migration__RunStatus *s = s_status(run_id);
         if (strcmp(s->state, "finished") == 0) {
@@ -505,9 +389,9 @@ s_wait_clean(int64_t run_id, int total)
             return;
         }
         protobuf_c_message_free_unpacked(&s->base, NULL);
-        if (s_now_ms() > until)
+        if (kl_test_proc_now_ms() > until)
             fail_msg("run %ld did not finish", (long)run_id);
-        s_sleep_ms(100);
+        kl_test_proc_sleep_ms(100);
     }
 }
 
@@ -829,7 +713,7 @@ test_tenant_being_moved_is_not_migrated(void **state)
     int64_t run = s_run(NULL, 0, 5);
     /* Everything else finishes; schema2 stays pending, marked moving.
      */
-    int64_t until = s_now_ms() + 60000;
+    int64_t until = kl_test_proc_now_ms() + 60000;
     for (;;) {
         Kowloon__Migration__RunStatus *s = s_status(run);
         int done = s->done, remaining = s->remaining, failed = s->failed;
@@ -837,12 +721,12 @@ test_tenant_being_moved_is_not_migrated(void **state)
         assert_int_equal(failed, 0);
         if (done == 4 && remaining == 1)
             break;
-        if (s_now_ms() > until)
+        if (kl_test_proc_now_ms() > until)
             fail_msg("run %ld: %d done, %d remaining", (long)run, done,
                      remaining);
-        s_sleep_ms(100);
+        kl_test_proc_sleep_ms(100);
     }
-    s_sleep_ms(1000); /* several polls of both instances */
+    kl_test_proc_sleep_ms(1000); /* several polls of both instances */
     char *sql = kl_asprintf("SELECT state || ':' || coalesce(error, '')"
                             " FROM migration.run_targets WHERE run_id = %ld"
                             " AND target = 'tenant:%s'",
@@ -868,7 +752,7 @@ s_mover(void *arg)
 {
     s_mover_arg_t *a = arg;
     s_move(a->t, "database");
-    a->ended_ms = s_now_ms();
+    a->ended_ms = kl_test_proc_now_ms();
     return NULL;
 }
 
@@ -885,7 +769,7 @@ test_move_waits_for_migration(void **state)
     char *ids[] = {s_schema3.id};
     int64_t run = s_run(ids, 1, 1);
     /* Wait until the slow migration is running on schema3. */
-    int64_t until = s_now_ms() + 30000;
+    int64_t until = kl_test_proc_now_ms() + 30000;
     for (;;) {
         char *v = s_value(s_db_url, "SELECT count(*) FROM pg_stat_activity"
                                     " WHERE query LIKE '%pg_sleep(3)%'"
@@ -894,13 +778,13 @@ test_move_waits_for_migration(void **state)
         free(v);
         if (running)
             break;
-        if (s_now_ms() > until)
+        if (kl_test_proc_now_ms() > until)
             fail_msg("the slow migration never started");
-        s_sleep_ms(20);
+        kl_test_proc_sleep_ms(20);
     }
     /* The migration holds the tenant's move lock (shared). */
     assert_false(s_move_lock_free(&s_schema3));
-    int64_t asked = s_now_ms();
+    int64_t asked = kl_test_proc_now_ms();
     s_mover_arg_t arg = {.t = &s_schema3};
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, s_mover, &arg), 0);

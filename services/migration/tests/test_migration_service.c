@@ -13,14 +13,13 @@
 #include "kl_log.h"
 #include "kl_rpc_client.h"
 #include "kl_test_db.h"
+#include "kl_test_proc.h"
 #include "kowloon/migration.pb-c.h"
 #include "kowloon/tenant.pb-c.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libpq-fe.h>
-#include <netinet/in.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -28,15 +27,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
-
-extern char **environ;
 
 #define S_TIMEOUT_MS 30000
 #define S_N_ROW 60
@@ -55,7 +51,7 @@ static char s_dir1[192];        /* migrations V1..V3 */
 static char s_dir2[192];        /* V1..V4 (V4 broken, later fixed) */
 static const char *s_dir;       /* what the instances load now */
 static int s_tenant_port, s_mig_port[2];
-static pid_t s_tenant_pid, s_mig_pid[2];
+static kl_test_proc_t *s_tenant_proc, *s_mig_proc[2];
 static kl_rpc_client_t *s_tenants, *s_mig;
 
 typedef struct {
@@ -146,97 +142,20 @@ s_versions(int i, const char *table)
 /* --- processes --------------------------------------------------------- */
 
 static int
-s_free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0)
-        fail_msg("no free port: %s", strerror(errno));
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-/* Starts bin with the KOWLOON_* settings in vars (NULL-terminated) in
- * place of any inherited ones; its output goes to log. */
-static pid_t
-s_spawn(const char *bin, const char *const *vars, const char *log)
-{
-    size_t n_env = 0, n_vars = 0;
-    while (environ[n_env])
-        n_env++;
-    while (vars[n_vars])
-        n_vars++;
-    char **env = kl_calloc(n_env + n_vars + 1, sizeof *env);
-    size_t k = 0;
-    for (size_t i = 0; i < n_vars; i++)
-        env[k++] = (char *)vars[i];
-    for (size_t i = 0; i < n_env; i++)
-        if (strncmp(environ[i], "KOWLOON_", 8) != 0)
-            env[k++] = environ[i];
-    env[k] = NULL;
-    pid_t pid = fork();
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-        if (fd >= 0) {
-            dup2(fd, 1);
-            dup2(fd, 2);
-        }
-        char *argv[] = {(char *)bin, NULL};
-        execve(bin, argv, env);
-        _exit(127);
-    }
-    free(env);
-    if (pid < 0)
-        fail_msg("fork: %s", strerror(errno));
-    return pid;
-}
-
-/* SIGTERM and wait; the exit status (0: clean, LeakSanitizer included). */
-static int
-s_stop(pid_t *pid)
-{
-    if (*pid <= 0)
-        return 0;
-    kill(*pid, SIGTERM);
-    int st = 0;
-    waitpid(*pid, &st, 0);
-    *pid = 0;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-static int64_t
-s_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void
-s_sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-static int
 s_call(kl_rpc_client_t *c, const char *method, const void *in, void *out,
        kl_status_t *st)
 {
     kl_call_opts_t o = {.timeout_ms = S_TIMEOUT_MS};
     /* Right after a restart the client may not have reconnected yet; a
      * call no peer took was never sent, so trying again is safe. */
-    int64_t until = s_now_ms() + 10000;
+    int64_t until = kl_test_proc_now_ms() + 10000;
     for (;;) {
         int rc = kl_rpc_client_call(c, method, (const ProtobufCMessage *)in, &o,
                                     (ProtobufCMessage **)out, st);
-        if (rc != -KL_UNAVAILABLE || s_now_ms() > until ||
+        if (rc != -KL_UNAVAILABLE || kl_test_proc_now_ms() > until ||
             !strstr(st->message, "no connected instance"))
             return rc;
-        s_sleep_ms(50);
+        kl_test_proc_sleep_ms(50);
     }
 }
 
@@ -269,7 +188,8 @@ s_start_migration(int i)
                           "KOWLOON_MIGRATION_POLL_MS=100",
                           "KOWLOON_MIGRATION_SHARED_SCHEMA=" S_SHARED,
                           NULL};
-    s_mig_pid[i] = s_spawn(KLTEST_MIGRATION_BIN, vars, log);
+    s_mig_proc[i] =
+        kl_test_proc_start(KLTEST_MIGRATION_BIN, vars, "KOWLOON_", log);
 }
 
 /* Waits until every migration instance answers Status. */
@@ -279,32 +199,10 @@ s_wait_migration_up(void)
     for (int i = 0; i < 2; i++) {
         char ep[64];
         snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", s_mig_port[i]);
-        const char *eps[] = {ep};
         kl_status_t st;
-        kl_rpc_client_opts_t o = {.endpoints = eps, .n_endpoints = 1};
-        kl_rpc_client_t *c = kl_rpc_client_new(
-            &kowloon__migration__migration_service__descriptor, &o, &st);
-        assert_non_null(c);
-        int64_t until = s_now_ms() + 30000;
-        for (;;) {
-            Kowloon__Migration__StatusRequest req =
-                KOWLOON__MIGRATION__STATUS_REQUEST__INIT;
-            ProtobufCMessage *out = NULL;
-            kl_call_opts_t co = {.timeout_ms = 500};
-            int rc = kl_rpc_client_call(c, "Status", &req.base, &co, &out, &st);
-            if (out)
-                protobuf_c_message_free_unpacked(out, NULL);
-            if (rc == 0 || st.code == KL_NOT_FOUND)
-                break;
-            int ws;
-            if (waitpid(s_mig_pid[i], &ws, WNOHANG) == s_mig_pid[i])
-                fail_msg("kowloon-migration %d exited (see %s)", i, s_tmp);
-            if (s_now_ms() > until)
-                fail_msg("kowloon-migration %d does not answer: %s", i,
-                         st.message);
-            s_sleep_ms(100);
-        }
-        kl_rpc_client_destroy(&c);
+        if (kl_test_proc_wait_serving(s_mig_proc[i], ep, 30000, &st) < 0)
+            fail_msg("kowloon-migration %d does not answer: %s (see %s)", i,
+                     st.message, s_tmp);
     }
 }
 
@@ -312,7 +210,7 @@ static void
 s_restart_migrations(const char *dir)
 {
     for (int i = 0; i < 2; i++)
-        assert_int_equal(s_stop(&s_mig_pid[i]), 0);
+        assert_int_equal(kl_test_proc_stop(&s_mig_proc[i]), 0);
     s_dir = dir;
     s_start_migration(0);
     s_start_migration(1);
@@ -431,7 +329,7 @@ s_group_setup(void **state)
     s_dir = s_dir1;
 
     /* The tenant service. */
-    s_tenant_port = s_free_port();
+    s_tenant_port = kl_test_proc_free_port();
     char bind[64], db[1200], log[256];
     snprintf(bind, sizeof bind, "KOWLOON_TENANT_BIND=tcp://127.0.0.1:%d",
              s_tenant_port);
@@ -440,8 +338,9 @@ s_group_setup(void **state)
     const char *vars[] = {bind, db,
                           "KOWLOON_REDIS_URL=", "KOWLOON_LOG_LEVEL=warn", NULL};
     const char *tenant_bin = getenv("KLTEST_TENANT_BIN");
-    s_tenant_pid = s_spawn(
-        tenant_bin && *tenant_bin ? tenant_bin : KLTEST_TENANT_BIN, vars, log);
+    s_tenant_proc = kl_test_proc_start(
+        tenant_bin && *tenant_bin ? tenant_bin : KLTEST_TENANT_BIN, vars,
+        "KOWLOON_", log);
     char ep[64];
     snprintf(ep, sizeof ep, "tcp://127.0.0.1:%d", s_tenant_port);
     const char *eps[] = {ep};
@@ -449,28 +348,15 @@ s_group_setup(void **state)
     kl_rpc_client_opts_t o = {.endpoints = eps, .n_endpoints = 1};
     s_tenants = kl_rpc_client_new(&kowloon__tenant__tenant_service__descriptor,
                                   &o, &st);
-    int64_t until = s_now_ms() + 30000;
-    for (;;) {
-        Kowloon__Tenant__ListTenantsRequest req =
-            KOWLOON__TENANT__LIST_TENANTS_REQUEST__INIT;
-        ProtobufCMessage *out = NULL;
-        kl_call_opts_t co = {.timeout_ms = 500};
-        if (kl_rpc_client_call(s_tenants, "List", &req.base, &co, &out, &st) ==
-            0) {
-            protobuf_c_message_free_unpacked(out, NULL);
-            break;
-        }
-        if (s_now_ms() > until) {
-            fprintf(stderr, "kowloon-tenant does not answer: %s (log %s)\n",
-                    st.message, log);
-            return -1;
-        }
-        s_sleep_ms(100);
+    if (kl_test_proc_wait_serving(s_tenant_proc, ep, 30000, &st) < 0) {
+        fprintf(stderr, "kowloon-tenant does not answer: %s (log %s)\n",
+                st.message, log);
+        return -1;
     }
 
     /* The migration service: two instances, one client over both. */
-    s_mig_port[0] = s_free_port();
-    s_mig_port[1] = s_free_port();
+    s_mig_port[0] = kl_test_proc_free_port();
+    s_mig_port[1] = kl_test_proc_free_port();
     char ep0[64], ep1[64];
     snprintf(ep0, sizeof ep0, "tcp://127.0.0.1:%d", s_mig_port[0]);
     snprintf(ep1, sizeof ep1, "tcp://127.0.0.1:%d", s_mig_port[1]);
@@ -490,12 +376,12 @@ s_group_teardown(void **state)
     (void)state;
     int rc = 0;
     for (int i = 0; i < 2; i++)
-        if (s_stop(&s_mig_pid[i]) != 0) {
+        if (kl_test_proc_stop(&s_mig_proc[i]) != 0) {
             fprintf(stderr, "kowloon-migration %d did not exit cleanly (%s)\n",
                     i, s_tmp);
             rc = -1;
         }
-    s_stop(&s_tenant_pid);
+    kl_test_proc_stop(&s_tenant_proc);
     kl_rpc_client_destroy(&s_mig);
     kl_rpc_client_destroy(&s_tenants);
     if (s_admin_url) {
@@ -539,15 +425,15 @@ s_status(int64_t run_id)
 static Kowloon__Migration__RunStatus *
 s_wait_finished(int64_t run_id)
 {
-    int64_t until = s_now_ms() + 180000;
+    int64_t until = kl_test_proc_now_ms() + 180000;
     for (;;) {
         Kowloon__Migration__RunStatus *s = s_status(run_id);
         if (strcmp(s->state, "finished") == 0)
             return s;
         protobuf_c_message_free_unpacked(&s->base, NULL);
-        if (s_now_ms() > until)
+        if (kl_test_proc_now_ms() > until)
             fail_msg("run %ld did not finish", (long)run_id);
-        s_sleep_ms(100);
+        kl_test_proc_sleep_ms(100);
     }
 }
 
@@ -722,7 +608,7 @@ test_two_instances_one_killed(void **state)
     (void)state;
     s_first_run = s_run(NULL, 0);
     /* Kill instance 0 part-way through. */
-    int64_t until = s_now_ms() + 120000;
+    int64_t until = kl_test_proc_now_ms() + 120000;
     for (;;) {
         Kowloon__Migration__RunStatus *s = s_status(s_first_run);
         int finished = s->done + s->failed, remaining = s->remaining;
@@ -731,14 +617,11 @@ test_two_instances_one_killed(void **state)
             assert_true(remaining > 0);
             break;
         }
-        if (s_now_ms() > until)
+        if (kl_test_proc_now_ms() > until)
             fail_msg("run %ld makes no progress", (long)s_first_run);
-        s_sleep_ms(20);
+        kl_test_proc_sleep_ms(20);
     }
-    kill(s_mig_pid[0], SIGKILL);
-    int ws;
-    waitpid(s_mig_pid[0], &ws, 0);
-    s_mig_pid[0] = 0;
+    kl_test_proc_kill(&s_mig_proc[0]);
     Kowloon__Migration__RunStatus *mid = s_status(s_first_run);
     assert_true(mid->remaining > 0);
     assert_string_equal(mid->state, "running");
