@@ -14,7 +14,7 @@ KL_PACKAGES=(build-essential cmake pkg-config git curl ca-certificates
     libjansson-dev libcmocka-dev libssl-dev
     postgresql-15 postgresql-client-15 redis-server
     python3 python3-zmq python3-pytest
-    nginx-light docker-compose systemd openssl python3-yaml)
+    nginx-light docker-compose systemd openssl python3-yaml iproute2 procps)
 
 kl_say() { printf '%s\n' "kowloon: $*" >&2; }
 kl_die() { printf '%s\n' "kowloon: error: $*" >&2; exit 1; }
