@@ -10,6 +10,7 @@
 #include "kl_rpc_client.h"
 #include "kl_rpc_server.h"
 #include "kl_test_db.h"
+#include "kl_test_events.h"
 #include "kl_test_server.h"
 #include "kowloon/rpc.pb-c.h"
 #include "kowloon/tenant.pb-c.h"
@@ -58,39 +59,7 @@ s_db_value(const char *url, const char *sql)
 
 /* --- events ------------------------------------------------------------ */
 
-#define S_MAX_EVENTS 512
-
-typedef struct {
-    char kind[16], id[64], tenant_id[64], subdomain[64], action[16];
-} s_event_t;
-
-static struct {
-    pthread_mutex_t mu;
-    pthread_cond_t cond;
-    int subscribed; /* fn(NULL) calls */
-    int n;
-    s_event_t events[S_MAX_EVENTS];
-} s_seen = {.mu = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
-
-static kl_events_t *s_events;
-
-static void
-s_on_event(const Kowloon__Events__ChangeEvent *ev, void *user)
-{
-    pthread_mutex_lock(&s_seen.mu);
-    if (!ev) {
-        s_seen.subscribed++;
-    } else if (s_seen.n < S_MAX_EVENTS) {
-        s_event_t *e = &s_seen.events[s_seen.n++];
-        snprintf(e->kind, sizeof e->kind, "%s", ev->kind);
-        snprintf(e->id, sizeof e->id, "%s", ev->id);
-        snprintf(e->tenant_id, sizeof e->tenant_id, "%s", ev->tenant_id);
-        snprintf(e->subdomain, sizeof e->subdomain, "%s", ev->subdomain);
-        snprintf(e->action, sizeof e->action, "%s", ev->action);
-    }
-    pthread_cond_broadcast(&s_seen.cond);
-    pthread_mutex_unlock(&s_seen.mu);
-}
+static kl_test_events_t *s_events; /* events the service publishes */
 
 /* Waits up to 5 s for an event; subdomain and tenant_id may be NULL
  * (not checked). */
@@ -98,28 +67,9 @@ static void
 s_expect_event(const char *kind, const char *id, const char *tenant_id,
                const char *subdomain, const char *action)
 {
-    int64_t until = kl_now_mono_ms() + 5000;
-    pthread_mutex_lock(&s_seen.mu);
-    for (;;) {
-        for (int i = 0; i < s_seen.n; i++) {
-            s_event_t *e = &s_seen.events[i];
-            if (strcmp(e->kind, kind) == 0 && strcmp(e->id, id) == 0 &&
-                strcmp(e->action, action) == 0 &&
-                (!tenant_id || strcmp(e->tenant_id, tenant_id) == 0) &&
-                (!subdomain || strcmp(e->subdomain, subdomain) == 0)) {
-                pthread_mutex_unlock(&s_seen.mu);
-                return;
-            }
-        }
-        if (kl_now_mono_ms() >= until)
-            break;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += 1;
-        pthread_cond_timedwait(&s_seen.cond, &s_seen.mu, &ts);
-    }
-    pthread_mutex_unlock(&s_seen.mu);
-    fail_msg("no %s %s event for %s", kind, action, id);
+    if (kl_test_events_wait(s_events, kind, id, tenant_id, subdomain, action,
+                            5000) < 0)
+        fail_msg("no %s %s event for %s", kind, action, id);
 }
 
 /* --- a service instance ------------------------------------------------ */
@@ -266,28 +216,9 @@ s_group_setup(void **state)
     s_db_name = kl_test_db_name(s_db);
     s_db_url = kl_test_db_url(s_db);
 
-    kl_status_t st;
-    s_events =
-        kl_events_subscribe(s_redis_url, s_channel, s_on_event, NULL, &st);
-    if (!s_events) {
-        fprintf(stderr, "kl_events_subscribe: %s\n", st.message);
+    s_events = kl_test_events_new(s_redis_url, s_channel);
+    if (!s_events)
         return -1;
-    }
-    /* Wait for the subscription, so that no event is missed. */
-    int64_t until = kl_now_mono_ms() + 5000;
-    pthread_mutex_lock(&s_seen.mu);
-    while (s_seen.subscribed == 0 && kl_now_mono_ms() < until) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += 1;
-        pthread_cond_timedwait(&s_seen.cond, &s_seen.mu, &ts);
-    }
-    int subscribed = s_seen.subscribed;
-    pthread_mutex_unlock(&s_seen.mu);
-    if (!subscribed) {
-        fprintf(stderr, "no subscription to %s\n", s_redis_url);
-        return -1;
-    }
     s_start(&s_main, s_db_url, s_redis_url, true);
     return 0;
 }
@@ -296,7 +227,7 @@ static int
 s_group_teardown(void **state)
 {
     s_stop(&s_main);
-    kl_events_destroy(&s_events);
+    kl_test_events_destroy(&s_events);
     kl_test_db_destroy(&s_db);
     return 0;
 }
