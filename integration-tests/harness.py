@@ -32,9 +32,14 @@ import socket
 import string
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "deploy", "local"))
+import free_port as _free_port  # noqa: E402
 
 # ---------------------------------------------------------------- environment
 
@@ -85,12 +90,9 @@ def binary(name):
 
 
 def free_port():
-    """A TCP port nobody listens on now, on 127.0.0.1."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A TCP port nobody listens on now, on 127.0.0.1, below the ephemeral
+    range (deploy/local/free_port.py says why)."""
+    return _free_port.free_port()
 
 
 def unique(prefix):

@@ -19,6 +19,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -26,12 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 NGINX_DIR = os.path.join(ROOT, "deploy", "nginx")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+sys.path.insert(0, os.path.join(ROOT, "deploy", "local"))
+from free_port import free_port  # noqa: E402,F401  (below the ephemeral range)
 
 
 def _sub(pattern, repl, text, want, what, flags=re.M):

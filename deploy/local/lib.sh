@@ -50,9 +50,11 @@ kl_build() {
         { tail -n 40 "$dir.build.log" >&2; kl_die "build failed (log: $dir.build.log)"; }
 }
 
-# A TCP port nobody listens on now, on 127.0.0.1.
+# A TCP port nobody listens on now, on 127.0.0.1, below the kernel's
+# ephemeral range (deploy/local/free_port.py says why).
+_KL_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 kl_free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+    python3 "$_KL_LIB_DIR/free_port.py"
 }
 
 # PostgreSQL will not run as root; as root we run it as the "postgres"
