@@ -351,6 +351,189 @@ kl_pg_exec(kl_pg_t *self, const char *sql, kl_status_t *status)
     return s_exec(self, sql, S_STATUS(status, local));
 }
 
+/* --- pipelines ------------------------------------------------------------ */
+
+/* Whether stmts[i]'s name must be prepared in this pipeline: not yet on
+ * the connection and not by an earlier statement of the same pipeline. */
+static bool
+s_needs_prepare(const kl_pg_t *self, const kl_pg_stmt_t *stmts, size_t i)
+{
+    if (!stmts[i].name || s_is_prepared(self, stmts[i].name))
+        return false;
+    for (size_t j = 0; j < i; j++)
+        if (stmts[j].name && strcmp(stmts[j].name, stmts[i].name) == 0)
+            return false;
+    return true;
+}
+
+/* Reads the answer to one sent command (a Prepare or a statement) and the
+ * NULL that ends it. Returns the result when it succeeded, else NULL after
+ * recording the first failure in *failed/status (*broken when the
+ * connection died: the caller stops reading). */
+static PGresult *
+s_pipeline_answer(kl_pg_t *self, bool *failed, bool *broken,
+                  kl_status_t *status)
+{
+    PGresult *res = PQgetResult(self->conn);
+    ExecStatusType rs = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    if (rs == PGRES_COMMAND_OK || rs == PGRES_TUPLES_OK) {
+        /* One statement, one result: the NULL after it. */
+        PGresult *end;
+        while ((end = PQgetResult(self->conn)) != NULL)
+            PQclear(end);
+        return res;
+    }
+    if (rs == PGRES_PIPELINE_ABORTED) {
+        /* Skipped by the server after an earlier failure. */
+        PQclear(res);
+        PQclear(PQgetResult(self->conn));
+        if (!*failed) {
+            *failed = true;
+            kl_status_set(status, KL_INTERNAL, "pipeline aborted");
+        }
+        return NULL;
+    }
+    /* An error, or no answer at all (the connection is gone). */
+    bool dead = s_broken(self, res);
+    if (!*failed) {
+        *failed = true;
+        s_fail(self, res, dead, status);
+    }
+    PQclear(res);
+    if (dead)
+        *broken = true;
+    else
+        PQclear(PQgetResult(self->conn));
+    return NULL;
+}
+
+/* One attempt of kl_pg_pipeline on the current connection. Returns 0, or
+ * -code with *broken telling whether the connection died (then the caller
+ * drops it: its pipeline state is unknown). */
+static int
+s_pipeline_attempt(kl_pg_t *self, const kl_pg_stmt_t *stmts, size_t n,
+                   PGresult **results, bool *broken, kl_status_t *status)
+{
+    PGconn *conn = self->conn;
+    *broken = false;
+    char msg[KL_STATUS_MESSAGE_MAX - 64];
+    if (!PQenterPipelineMode(conn)) {
+        *broken = true;
+        s_copy_message(msg, sizeof msg, PQerrorMessage(conn));
+        return kl_status_set(status, KL_UNAVAILABLE,
+                             "PQenterPipelineMode() failed: %s", msg);
+    }
+    /* Send everything. A send fails only on a dead connection (libpq
+     * buffers the rest until the sync). */
+    bool *prepare = kl_calloc(n, sizeof *prepare);
+    bool sent = true;
+    for (size_t i = 0; i < n && sent; i++) {
+        const kl_pg_stmt_t *st = &stmts[i];
+        prepare[i] = s_needs_prepare(self, stmts, i);
+        if (prepare[i])
+            sent = PQsendPrepare(conn, st->name, st->sql, st->nparams, NULL);
+        if (sent)
+            sent = st->name
+                       ? PQsendQueryPrepared(conn, st->name, st->nparams,
+                                             st->params, NULL, NULL, 0)
+                       : PQsendQueryParams(conn, st->sql, st->nparams, NULL,
+                                           st->params, NULL, NULL, 0);
+    }
+    if (sent)
+        sent = PQpipelineSync(conn);
+    if (!sent) {
+        free(prepare);
+        *broken = true;
+        s_copy_message(msg, sizeof msg, PQerrorMessage(conn));
+        return kl_status_set(status, KL_UNAVAILABLE, "database unavailable: %s",
+                             msg);
+    }
+
+    /* Read every answer in order: a Prepare's, then its statement's. */
+    bool failed = false;
+    for (size_t i = 0; i < n && !*broken; i++) {
+        if (prepare[i]) {
+            PGresult *res = s_pipeline_answer(self, &failed, broken, status);
+            if (res)
+                s_add_prepared(self, stmts[i].name);
+            PQclear(res);
+            if (*broken)
+                break;
+        }
+        results[i] = s_pipeline_answer(self, &failed, broken, status);
+    }
+    free(prepare);
+    if (!*broken) {
+        PGresult *sync = PQgetResult(conn);
+        bool synced = sync && PQresultStatus(sync) == PGRES_PIPELINE_SYNC;
+        PQclear(sync);
+        if (!synced || !PQexitPipelineMode(conn)) {
+            *broken = true;
+            s_copy_message(msg, sizeof msg, PQerrorMessage(conn));
+            if (!failed)
+                kl_status_set(status, KL_UNAVAILABLE,
+                              "database unavailable: pipeline did not end: %s",
+                              msg);
+            failed = true;
+        }
+    }
+    bool keep = true; /* the results before a failed statement */
+    if (!*broken && PQtransactionStatus(conn) != PQTRANS_IDLE) {
+        /* The statements' own transaction failed (the server keeps it
+         * open, aborted, after the sync) or was never committed: end it,
+         * so that the connection is idle again. */
+        PGresult *res = PQexec(conn, "ROLLBACK");
+        if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
+            *broken = true;
+        PQclear(res);
+        if (!failed) {
+            kl_status_set(status, KL_INTERNAL,
+                          "pipeline left a transaction open");
+            keep = false;
+        }
+        failed = true;
+    }
+    if (!failed)
+        return 0;
+    for (size_t i = 0; i < n && (*broken || !keep); i++) {
+        PQclear(results[i]);
+        results[i] = NULL;
+    }
+    return -(int)status->code;
+}
+
+int
+kl_pg_pipeline(kl_pg_t *self, const kl_pg_stmt_t *stmts, size_t n,
+               PGresult **results, kl_status_t *status)
+{
+    kl_status_t local;
+    status = S_STATUS(status, local);
+    for (size_t i = 0; i < n; i++)
+        results[i] = NULL;
+    if (n == 0)
+        return kl_status_set(status, KL_INVALID_ARGUMENT,
+                             "a pipeline needs a statement");
+    if (self->in_tx)
+        return kl_status_set(status, KL_FAILED_PRECONDITION,
+                             "a pipeline cannot run inside a transaction");
+    /* As s_run: a connection that was idle outside a transaction and turns
+     * out to be dead is made again, and the pipeline sent once more. */
+    int rc = 0;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        bool reused = false, broken = false;
+        rc = s_ensure(self, &reused, status);
+        if (rc < 0)
+            return rc;
+        rc = s_pipeline_attempt(self, stmts, n, results, &broken, status);
+        if (rc == 0 || !broken)
+            return rc;
+        s_drop(self);
+        if (!reused)
+            return rc;
+    }
+    return rc;
+}
+
 int
 kl_pg_begin(kl_pg_t *self, kl_status_t *status)
 {

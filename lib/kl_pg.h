@@ -15,6 +15,8 @@
  *   (the server restarted while it was idle) reconnects and tries once more
  *   before failing; kl_pg_begin does the same. Inside a transaction a
  *   broken connection fails the call: the caller's transaction is gone.
+ * - kl_pg_pipeline sends several statements in one round trip (libpq
+ *   pipeline mode), with the same preparing, mapping and retry.
  */
 #ifndef KL_PG_H
 #define KL_PG_H
@@ -45,6 +47,41 @@ PGresult *kl_pg_query(kl_pg_t *self, const char *name, const char *sql,
 /* Runs sql without parameters or preparing (DDL, several statements).
  * Returns 0 or -code with status. */
 int kl_pg_exec(kl_pg_t *self, const char *sql, kl_status_t *status);
+
+/* One statement of a pipeline: as kl_pg_query's arguments (name NULL runs
+ * it unprepared). */
+typedef struct {
+    const char *name;
+    const char *sql;
+    int nparams;
+    const char *const *params;
+} kl_pg_stmt_t;
+
+/* Runs n statements (n >= 1) in one round trip: libpq pipeline mode, every
+ * statement sent (with the Prepare of each name not yet prepared on this
+ * connection) before one sync, then every answer read. Outside a
+ * transaction only (FAILED_PRECONDITION inside one). The statements may
+ * open and commit their own transaction (BEGIN ... COMMIT); they must not
+ * leave one open.
+ *
+ * Returns 0 with results[i] holding statement i's result (COMMAND_OK or
+ * TUPLES_OK; the caller PQclear()s each), or -code with status mapped as
+ * kl_pg_query's from the first statement that failed (the server skipped
+ * those after it); results[i] then still holds the result of each
+ * statement before the failed one (the caller PQclear()s them; clearing
+ * all n entries is always right) and NULL from it on — all NULL when the
+ * connection broke. After a failure inside the statements' own
+ * transaction, that transaction is rolled back (one more round trip), so
+ * the connection is idle again; one left open by statements that all
+ * succeeded is rolled back too and the call fails (INTERNAL, every result
+ * NULL). As kl_pg_query outside a transaction, a connection that turns out
+ * to be broken is made again and the pipeline sent once more, re-preparing
+ * its statements.
+ *
+ * Meant for a few small statements: everything is sent before any answer
+ * is read. */
+int kl_pg_pipeline(kl_pg_t *self, const kl_pg_stmt_t *stmts, size_t n,
+                   PGresult **results, kl_status_t *status);
 
 /* Transactions. rollback never fails (a broken connection is dropped). */
 int kl_pg_begin(kl_pg_t *self, kl_status_t *status);

@@ -364,30 +364,26 @@ kl_tenant_tx_begin(kl_tenant_db_t *self, const kl_tenant_place_t *place,
     return kl_tenant_tx_begin_ex(self, place, 0, status);
 }
 
-kl_pg_t *
-kl_tenant_tx_begin_ex(kl_tenant_db_t *self, const kl_tenant_place_t *place,
-                      unsigned flags, kl_status_t *status)
+/* The scope statement of a transaction on place: search_path and
+ * app.tenant_id, transaction-local; on the main database also the move
+ * lock (writes) and the fence. params[] (4 entries) backs the statement's
+ * parameters and must outlive it. */
+static kl_pg_stmt_t
+s_scope_stmt(const kl_tenant_place_t *place, unsigned flags,
+             const char *params[4])
 {
-    if (kl_tenant_place_check(place, status) < 0)
-        return NULL;
-    bool on_main = place->isolation != KL_ISOLATION_DATABASE;
-    kl_pg_t *pg = on_main ? self->main : s_tenant_conn(self, place, status);
-    if (!pg)
-        return NULL;
-    if (kl_pg_begin(pg, status) < 0)
-        return NULL;
     /* The server quotes the schema (quote_ident), and both settings are
      * transaction-local: COMMIT or ROLLBACK restores the session's values,
      * so the next transaction on this connection starts unscoped. */
-    const char *params[] = {place->schema, place->tenant_id,
-                            kl_isolation_name(place->isolation),
-                            (flags & KL_TENANT_TX_READ_ONLY) ? "f" : "t"};
-    PGresult *res;
-    if (on_main)
+    params[0] = place->schema;
+    params[1] = place->tenant_id;
+    params[2] = kl_isolation_name(place->isolation);
+    params[3] = (flags & KL_TENANT_TX_READ_ONLY) ? "f" : "t";
+    if (place->isolation != KL_ISOLATION_DATABASE)
         /* Tenants move only away from the main database, so only its
          * placements can be stale or fenced by a mover. */
-        res = kl_pg_query(
-            pg, "kl_tenant_tx_scope_main",
+        return (kl_pg_stmt_t){
+            "kl_tenant_tx_scope_main",
             "SELECT pg_catalog.set_config('search_path',"
             " pg_catalog.quote_ident($1), true),"
             " pg_catalog.set_config('app.tenant_id', $2, true),"
@@ -396,30 +392,114 @@ kl_tenant_tx_begin_ex(kl_tenant_db_t *self, const kl_tenant_place_t *place,
                 "$2") ") ELSE true END,"
                       " EXISTS (SELECT 1 FROM " KL_TENANT_FENCE_TABLE
                       " m WHERE m.tenant_id = $2::uuid AND m.isolation <> $3)",
-            4, params, status);
-    else
-        res = kl_pg_query(pg, "kl_tenant_tx_scope",
+            4, params};
+    return (kl_pg_stmt_t){"kl_tenant_tx_scope",
                           "SELECT pg_catalog.set_config('search_path',"
                           " pg_catalog.quote_ident($1), true),"
                           " pg_catalog.set_config('app.tenant_id', $2, true)",
-                          2, params, status);
+                          2, params};
+}
+
+/* The scope statement's answer: 0, or UNAVAILABLE when a mover holds the
+ * tenant (writes) or the placement is stale. */
+static int
+s_scope_check(const kl_tenant_place_t *place, const PGresult *res,
+              kl_status_t *status)
+{
+    if (place->isolation == KL_ISOLATION_DATABASE)
+        return 0;
+    if (strcmp(PQgetvalue(res, 0, 2), "t") != 0)
+        return kl_status_set(status, KL_UNAVAILABLE,
+                             "tenant is being moved, retry");
+    if (strcmp(PQgetvalue(res, 0, 3), "t") == 0)
+        return kl_status_set(status, KL_UNAVAILABLE,
+                             "tenant placement changed, retry");
+    return 0;
+}
+
+/* The connection for place: the main database, or the tenant's. */
+static kl_pg_t *
+s_place_conn(kl_tenant_db_t *self, const kl_tenant_place_t *place,
+             kl_status_t *status)
+{
+    if (kl_tenant_place_check(place, status) < 0)
+        return NULL;
+    if (place->isolation != KL_ISOLATION_DATABASE)
+        return self->main;
+    return s_tenant_conn(self, place, status);
+}
+
+kl_pg_t *
+kl_tenant_tx_begin_ex(kl_tenant_db_t *self, const kl_tenant_place_t *place,
+                      unsigned flags, kl_status_t *status)
+{
+    kl_pg_t *pg = s_place_conn(self, place, status);
+    if (!pg)
+        return NULL;
+    if (kl_pg_begin(pg, status) < 0)
+        return NULL;
+    const char *params[4];
+    kl_pg_stmt_t scope = s_scope_stmt(place, flags, params);
+    PGresult *res = kl_pg_query(pg, scope.name, scope.sql, scope.nparams,
+                                scope.params, status);
     if (!res) {
         kl_pg_rollback(pg);
         return NULL;
     }
-    int rc = 0;
-    if (on_main && strcmp(PQgetvalue(res, 0, 2), "t") != 0)
-        rc = kl_status_set(status, KL_UNAVAILABLE,
-                           "tenant is being moved, retry");
-    else if (on_main && strcmp(PQgetvalue(res, 0, 3), "t") == 0)
-        rc = kl_status_set(status, KL_UNAVAILABLE,
-                           "tenant placement changed, retry");
+    int rc = s_scope_check(place, res, status);
     PQclear(res);
     if (rc < 0) {
         kl_pg_rollback(pg);
         return NULL;
     }
     return pg;
+}
+
+PGresult *
+kl_tenant_read(kl_tenant_db_t *self, const kl_tenant_place_t *place,
+               const char *name, const char *sql, int nparams,
+               const char *const *params, kl_status_t *status)
+{
+    kl_status_t local;
+    if (!status)
+        status = &local;
+    kl_pg_t *pg = s_place_conn(self, place, status);
+    if (!pg)
+        return NULL;
+    /* BEGIN READ ONLY, the scope, the query and COMMIT go together: the
+     * scope's answer (the fence) is read only after the query has run, so
+     * a refused placement's rows are thrown away. The transaction is read
+     * only: running the query on a stale placement costs the read and
+     * nothing else. */
+    const char *scope_params[4];
+    const kl_pg_stmt_t stmts[] = {
+        {"kl_tenant_read_begin", "BEGIN READ ONLY", 0, NULL},
+        s_scope_stmt(place, KL_TENANT_TX_READ_ONLY, scope_params),
+        {name, sql, nparams, params},
+        {"kl_tenant_read_commit", "COMMIT", 0, NULL},
+    };
+    PGresult *res[4];
+    if (kl_pg_pipeline(pg, stmts, 4, res, status) < 0) {
+        /* The fence's answer comes first, as when the scope runs before
+         * the query: on a stale placement the query may fail for that
+         * very reason (the tenant's old schema dropped after a move). */
+        if (res[1])
+            s_scope_check(place, res[1], status);
+        for (size_t i = 0; i < 4; i++)
+            PQclear(res[i]);
+        return NULL;
+    }
+    /* kl_pg_pipeline succeeded, so every statement did: COMMIT ended the
+     * transaction and with it the scope. */
+    int rc = s_scope_check(place, res[1], status);
+    PQclear(res[0]);
+    PQclear(res[1]);
+    PQclear(res[3]);
+    if (rc < 0) {
+        PQclear(res[2]);
+        return NULL;
+    }
+    return res[2];
 }
 
 /* Runs sql as owner in one transaction under the advisory lock

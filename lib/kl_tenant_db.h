@@ -20,6 +20,10 @@
  * Names go to SQL only through PQescapeIdentifier. A transaction's scope is
  * transaction-local (set_config(..., true)), so a pooled connection never
  * carries one tenant's scope into the next call.
+ *
+ * kl_tenant_tx_begin_ex opens a transaction the caller runs statements in
+ * (a round trip each, BEGIN and the scope included); kl_tenant_read runs a
+ * read of one statement with the same scope in a single round trip.
  */
 #ifndef KL_TENANT_DB_H
 #define KL_TENANT_DB_H
@@ -143,6 +147,28 @@ size_t kl_tenant_db_open_count(const kl_tenant_db_t *self);
 kl_pg_t *kl_tenant_tx_begin_ex(kl_tenant_db_t *self,
                                const kl_tenant_place_t *place, unsigned flags,
                                kl_status_t *status);
+
+/* A read of one statement scoped to place, in one round trip: BEGIN READ
+ * ONLY, the scope statement of kl_tenant_tx_begin_ex with
+ * KL_TENANT_TX_READ_ONLY (search_path and app.tenant_id, transaction-local;
+ * the fence check on a main-database placement), the statement (name, sql,
+ * params as kl_pg_query: prepared once per connection) and COMMIT, sent as
+ * one pipeline (kl_pg_pipeline) on the connection kl_tenant_tx_begin_ex
+ * would use. The same guarantees: kl_tenant_place_check before any SQL;
+ * nothing of the scope outlives the call on the pooled connection; a
+ * connection found broken outside a transaction (server restarted) is made
+ * again and the read sent once more.
+ *
+ * Returns the statement's result (caller PQclear()s), or NULL + status:
+ * INVALID_ARGUMENT (placement), NOT_FOUND (unknown db_server),
+ * UNAVAILABLE "tenant placement changed, retry" (the result, read from a
+ * stale placement, is discarded), FAILED_PRECONDITION when the connection
+ * is inside a transaction, or the statement's own failure mapped by
+ * SQLSTATE as kl_pg_query (the transaction is rolled back and the
+ * connection stays usable). */
+PGresult *kl_tenant_read(kl_tenant_db_t *self, const kl_tenant_place_t *place,
+                         const char *name, const char *sql, int nparams,
+                         const char *const *params, kl_status_t *status);
 
 /* As the owner of the main database: creates KL_TENANT_FENCE_SCHEMA and its
  * table if missing and grants app_role (quoted with PQescapeIdentifier)

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -274,13 +275,6 @@ test_broken_in_transaction(void **state)
     kl_pg_destroy(&pg);
 }
 
-static const kl_pg_migration_t s_steps[] = {
-    {1, "CREATE TABLE \"Mig Schema\".items (id int PRIMARY KEY);"
-        "INSERT INTO \"Mig Schema\".items VALUES (1)"},
-    {2, "INSERT INTO \"Mig Schema\".items VALUES (2);"
-        "SELECT pg_sleep(0.2)"},
-};
-
 static int64_t
 s_count(kl_pg_t *pg, const char *sql)
 {
@@ -292,6 +286,283 @@ s_count(kl_pg_t *pg, const char *sql)
     PQclear(r);
     return n;
 }
+
+/* --- pipelines --------------------------------------------------------- */
+
+/* Messages libpq traced on conn while fn ran: "F" (sent) and "B"
+ * (received) in order, one letter per message, into out. */
+static void
+s_trace(PGconn *conn, void (*fn)(void *), void *arg, char *out, size_t size)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    assert_non_null(f);
+    PQtrace(conn, f);
+    PQsetTraceFlags(conn, PQTRACE_SUPPRESS_TIMESTAMPS);
+    fn(arg);
+    PQuntrace(conn);
+    fclose(f);
+    size_t o = 0;
+    for (char *line = buf; line && *line && o + 1 < size;) {
+        if ((line[0] == 'F' || line[0] == 'B') && line[1] == '\t')
+            out[o++] = line[0];
+        char *nl = strchr(line, '\n');
+        line = nl ? nl + 1 : NULL;
+    }
+    out[o] = '\0';
+    free(buf);
+}
+
+/* Whether every message sent precedes every message received: one round
+ * trip. */
+static bool
+s_one_round_trip(const char *trace)
+{
+    const char *b = strchr(trace, 'B');
+    return *trace == 'F' && b && !strchr(b, 'F');
+}
+
+typedef struct {
+    kl_pg_t *pg;
+    const kl_pg_stmt_t *stmts;
+    size_t n;
+    PGresult **res;
+    int rc;
+    kl_status_t st;
+} s_pipe_t;
+
+static void
+s_pipe_run(void *arg)
+{
+    s_pipe_t *p = arg;
+    p->rc = kl_pg_pipeline(p->pg, p->stmts, p->n, p->res, &p->st);
+}
+
+static void
+s_clear(PGresult **res, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        PQclear(res[i]);
+}
+
+/* The names prepared on pg's connection, comma-separated, ordered. */
+static char *
+s_prepared_names(kl_pg_t *pg)
+{
+    kl_status_t st;
+    PGresult *r = kl_pg_query(pg, NULL,
+                              "SELECT coalesce(string_agg(name, ',' ORDER BY "
+                              "name), '') FROM pg_prepared_statements",
+                              0, NULL, &st);
+    if (!r)
+        fail_msg("pg_prepared_statements: %s", st.message);
+    char *v = kl_strdup(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return v;
+}
+
+static void
+test_pipeline_results(void **state)
+{
+    kl_status_t st;
+    kl_pg_t *pg = kl_pg_new(s_db_url);
+    assert_int_equal(
+        kl_pg_exec(pg, "CREATE TABLE p1 (id int PRIMARY KEY, v text)", &st), 0);
+    const char *one[] = {"1", "one"};
+    const char *two[] = {"2", NULL};
+    const char *ins = "INSERT INTO p1 (id, v) VALUES ($1, $2)";
+    const kl_pg_stmt_t stmts[] = {
+        {"p_begin", "BEGIN", 0, NULL},
+        {"p_ins", ins, 2, one},
+        {"p_ins", ins, 2, two}, /* prepared once, used twice */
+        {NULL, "SELECT id, v FROM p1 WHERE id >= $1 ORDER BY id", 1,
+         (const char *const[]){"1"}},
+        {"p_commit", "COMMIT", 0, NULL},
+    };
+    PGresult *res[5];
+    PGconn *conn = kl_pg_conn(pg, &st);
+    assert_non_null(conn);
+    s_pipe_t p = {pg, stmts, 5, res, 0, {0}};
+    char trace[256];
+    s_trace(conn, s_pipe_run, &p, trace, sizeof trace);
+    if (p.rc != 0)
+        fail_msg("pipeline: %s", p.st.message);
+    /* Everything went out before anything came back. */
+    assert_true(s_one_round_trip(trace));
+    assert_int_equal(PQresultStatus(res[0]), PGRES_COMMAND_OK);
+    assert_string_equal(PQcmdTuples(res[1]), "1");
+    assert_string_equal(PQcmdTuples(res[2]), "1");
+    assert_int_equal(PQntuples(res[3]), 2);
+    assert_string_equal(PQgetvalue(res[3], 0, 1), "one");
+    assert_true(PQgetisnull(res[3], 1, 1));
+    assert_string_equal(PQcmdStatus(res[4]), "COMMIT");
+    s_clear(res, 5);
+    assert_int_equal(PQtransactionStatus(conn), PQTRANS_IDLE);
+    char *names = s_prepared_names(pg);
+    assert_string_equal(names, "p_begin,p_commit,p_ins");
+    free(names);
+
+    /* Again: nothing is prepared twice (a second Prepare of a name would
+     * fail with 42P05), and plain calls see the committed rows. */
+    const char *three[] = {"3", "three"};
+    const kl_pg_stmt_t again[] = {
+        {"p_ins", ins, 2, three},
+        {"p_count", "SELECT count(*) FROM p1", 0, NULL}};
+    assert_int_equal(kl_pg_pipeline(pg, again, 2, res, &st), 0);
+    assert_string_equal(PQgetvalue(res[1], 0, 0), "3");
+    s_clear(res, 2);
+    /* kl_pg_query shares the names prepared by a pipeline. */
+    PGresult *r =
+        kl_pg_query(pg, "p_count", "SELECT count(*) FROM p1", 0, NULL, &st);
+    assert_non_null(r);
+    assert_string_equal(PQgetvalue(r, 0, 0), "3");
+    PQclear(r);
+    assert_int_equal(kl_pg_pipeline(pg, again, 0, res, &st),
+                     -KL_INVALID_ARGUMENT);
+    kl_pg_destroy(&pg);
+}
+
+static void
+test_pipeline_errors(void **state)
+{
+    kl_status_t st;
+    kl_pg_t *pg = kl_pg_new(s_db_url);
+    assert_int_equal(kl_pg_exec(pg,
+                                "CREATE TABLE p2 (id int PRIMARY KEY,"
+                                " n int CHECK (n > 0))",
+                                &st),
+                     0);
+    const char *ins = "INSERT INTO p2 (id, n) VALUES ($1, $2)";
+    PGresult *res[4];
+    /* A failure inside the statements' transaction: mapped as kl_pg_query
+     * maps it, the statements after it skipped, the transaction rolled
+     * back, the connection idle and usable. */
+    struct {
+        const char *const *params;
+        kl_code_t code;
+        const char *message;
+    } cases[] = {
+        {(const char *const[]){"1", "1"}, KL_ALREADY_EXISTS,
+         "duplicate key value violates unique constraint \"p2_pkey\""},
+        {(const char *const[]){"2", "-1"}, KL_INVALID_ARGUMENT,
+         "new row for relation \"p2\" violates check constraint "
+         "\"p2_n_check\""},
+        {(const char *const[]){"3", "x"}, KL_INVALID_ARGUMENT,
+         "invalid input syntax for type integer: \"x\""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const kl_pg_stmt_t stmts[] = {
+            {"p_begin", "BEGIN", 0, NULL},
+            {"p2_ins", ins, 2, (const char *const[]){"1", "1"}},
+            {"p2_ins", ins, 2, cases[i].params},
+            {"p_commit", "COMMIT", 0, NULL},
+        };
+        assert_int_equal(kl_pg_pipeline(pg, stmts, 4, res, &st),
+                         -(int)cases[i].code);
+        assert_string_equal(st.message, cases[i].message);
+        /* The answers before the failed statement are kept. */
+        assert_string_equal(PQcmdStatus(res[0]), "BEGIN");
+        assert_string_equal(PQcmdStatus(res[1]), "INSERT 0 1");
+        assert_null(res[2]);
+        assert_null(res[3]);
+        s_clear(res, 4);
+        assert_int_equal(PQtransactionStatus(kl_pg_conn(pg, &st)),
+                         PQTRANS_IDLE);
+        assert_int_equal(s_count(pg, "SELECT count(*) FROM p2"), 0);
+    }
+
+    /* A statement that does not parse: its Prepare fails, the name is not
+     * taken as prepared (the same call fails the same way again, not with
+     * "prepared statement does not exist"). */
+    const kl_pg_stmt_t bad[] = {{"p2_bad", "SELECT nope FROM p2", 0, NULL}};
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(kl_pg_pipeline(pg, bad, 1, res, &st), -KL_INTERNAL);
+        assert_string_equal(st.message, "column \"nope\" does not exist");
+    }
+    /* A failure outside an explicit transaction. */
+    const kl_pg_stmt_t div[] = {{NULL, "SELECT 1", 0, NULL},
+                                {NULL, "SELECT 1/0", 0, NULL}};
+    assert_int_equal(kl_pg_pipeline(pg, div, 2, res, &st),
+                     -KL_INVALID_ARGUMENT);
+    assert_string_equal(st.message, "division by zero");
+    assert_string_equal(PQgetvalue(res[0], 0, 0), "1");
+    assert_null(res[1]);
+    s_clear(res, 2);
+
+    /* Statements that leave a transaction open fail, rolled back. */
+    const kl_pg_stmt_t open_tx[] = {
+        {"p_begin", "BEGIN", 0, NULL},
+        {"p2_ins", ins, 2, (const char *const[]){"9", "9"}},
+    };
+    assert_int_equal(kl_pg_pipeline(pg, open_tx, 2, res, &st), -KL_INTERNAL);
+    assert_string_equal(st.message, "pipeline left a transaction open");
+    assert_null(res[0]);
+    assert_null(res[1]);
+    assert_int_equal(s_count(pg, "SELECT count(*) FROM p2"), 0);
+
+    /* Not inside a kl_pg transaction. */
+    assert_int_equal(kl_pg_begin(pg, &st), 0);
+    assert_int_equal(kl_pg_pipeline(pg, div, 1, res, &st),
+                     -KL_FAILED_PRECONDITION);
+    kl_pg_rollback(pg);
+    assert_int_equal(kl_pg_pipeline(pg, div, 1, res, &st), 0);
+    s_clear(res, 1);
+    kl_pg_destroy(&pg);
+
+    /* Nobody listens. */
+    pg = kl_pg_new("host=127.0.0.1 port=1 dbname=x user=x");
+    assert_int_equal(kl_pg_pipeline(pg, div, 1, res, &st), -KL_UNAVAILABLE);
+    assert_non_null(strstr(st.message, "cannot connect to database"));
+    kl_pg_destroy(&pg);
+}
+
+static void
+test_pipeline_reconnect(void **state)
+{
+    kl_status_t st;
+    kl_pg_t *pg = kl_pg_new(s_db_url);
+    const kl_pg_stmt_t stmts[] = {
+        {"p_begin", "BEGIN", 0, NULL},
+        {"p_pid", "SELECT pg_backend_pid()", 0, NULL},
+        {"p_commit", "COMMIT", 0, NULL},
+    };
+    PGresult *res[3];
+    assert_int_equal(kl_pg_pipeline(pg, stmts, 3, res, &st), 0);
+    int pid = atoi(PQgetvalue(res[1], 0, 0));
+    s_clear(res, 3);
+    /* The backend goes away while the connection is idle: the next
+     * pipeline runs on a new connection, its statements prepared again. */
+    s_terminate(pid);
+    if (kl_pg_pipeline(pg, stmts, 3, res, &st) != 0)
+        fail_msg("after the backend went away: %s", st.message);
+    int pid2 = atoi(PQgetvalue(res[1], 0, 0));
+    s_clear(res, 3);
+    assert_int_not_equal(pid, pid2);
+    char *names = s_prepared_names(pg);
+    assert_string_equal(names, "p_begin,p_commit,p_pid");
+    free(names);
+
+    /* A connection that breaks on use: its socket shut for writing, which
+     * the check of an idle connection cannot see (nothing to read yet).
+     * The pipeline fails to go out, and is sent again on a new one. */
+    PGconn *conn = kl_pg_conn(pg, &st);
+    assert_non_null(conn);
+    assert_int_equal(shutdown(PQsocket(conn), SHUT_WR), 0);
+    if (kl_pg_pipeline(pg, stmts, 3, res, &st) != 0)
+        fail_msg("after the socket broke: %s", st.message);
+    int pid3 = atoi(PQgetvalue(res[1], 0, 0));
+    s_clear(res, 3);
+    assert_int_not_equal(pid2, pid3);
+    kl_pg_destroy(&pg);
+}
+
+static const kl_pg_migration_t s_steps[] = {
+    {1, "CREATE TABLE \"Mig Schema\".items (id int PRIMARY KEY);"
+        "INSERT INTO \"Mig Schema\".items VALUES (1)"},
+    {2, "INSERT INTO \"Mig Schema\".items VALUES (2);"
+        "SELECT pg_sleep(0.2)"},
+};
 
 static void *
 s_migrate_thread(void *arg)
@@ -362,6 +633,9 @@ main(void)
         cmocka_unit_test(test_transactions),
         cmocka_unit_test(test_reconnect_idle),
         cmocka_unit_test(test_broken_in_transaction),
+        cmocka_unit_test(test_pipeline_results),
+        cmocka_unit_test(test_pipeline_errors),
+        cmocka_unit_test(test_pipeline_reconnect),
         cmocka_unit_test(test_migrate),
     };
     return cmocka_run_group_tests(tests, s_group_setup, s_group_teardown);

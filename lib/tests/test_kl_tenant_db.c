@@ -589,6 +589,344 @@ test_hostile_names(void **state)
     kl_tenant_db_destroy(&t);
 }
 
+/* --- one-round-trip reads (kl_tenant_read) ------------------------------ */
+
+/* The rows the read tests insert ("r..." labels), counted. */
+#define S_READ_COUNT "SELECT count(*) FROM items WHERE label LIKE 'r%'"
+
+/* Messages libpq traced on conn during one kl_tenant_read: "F" (sent) and
+ * "B" (received) in order, one letter each, into trace. */
+static PGresult *
+s_traced_read(kl_tenant_db_t *t, PGconn *conn, const kl_tenant_place_t *p,
+              const char *name, const char *sql, int nparams,
+              const char *const *params, kl_status_t *st, char *trace,
+              size_t size)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    assert_non_null(f);
+    PQtrace(conn, f);
+    PQsetTraceFlags(conn, PQTRACE_SUPPRESS_TIMESTAMPS);
+    PGresult *r = kl_tenant_read(t, p, name, sql, nparams, params, st);
+    PQuntrace(conn);
+    fclose(f);
+    size_t o = 0;
+    for (char *line = buf; line && *line && o + 1 < size;) {
+        if ((line[0] == 'F' || line[0] == 'B') && line[1] == '\t')
+            trace[o++] = line[0];
+        char *nl = strchr(line, '\n');
+        line = nl ? nl + 1 : NULL;
+    }
+    trace[o] = '\0';
+    free(buf);
+    return r;
+}
+
+/* The single value of a kl_tenant_read (fails the test if it fails). */
+static char *
+s_read_value(kl_tenant_db_t *t, const kl_tenant_place_t *p, const char *name,
+             const char *sql)
+{
+    kl_status_t st;
+    PGresult *r = kl_tenant_read(t, p, name, sql, 0, NULL, &st);
+    if (!r)
+        fail_msg("read %s: %s", sql, st.message);
+    char *v = kl_strdup(PQgetisnull(r, 0, 0) ? "<null>" : PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return v;
+}
+
+/* On pg, outside any transaction: no tenant, the default search_path, no
+ * row visible, the connection idle. */
+static void
+s_assert_unscoped(kl_pg_t *pg, const char *table)
+{
+    kl_status_t st;
+    char *sql = kl_asprintf(
+        "SELECT coalesce(current_setting('app.tenant_id', true), '') || '|' "
+        "|| current_setting('search_path') || '|' || (SELECT count(*) FROM "
+        "%s)",
+        table);
+    PGresult *r = kl_pg_query(pg, NULL, sql, 0, NULL, &st);
+    free(sql);
+    if (!r)
+        fail_msg("unscoped check: %s", st.message);
+    assert_string_equal(PQgetvalue(r, 0, 0), "|\"$user\", public|0");
+    PQclear(r);
+    assert_int_equal(PQtransactionStatus(kl_pg_conn(pg, &st)), PQTRANS_IDLE);
+}
+
+static void
+test_read_row_model(void **state)
+{
+    (void)state;
+    kl_tenant_db_t *t = s_tdb(2);
+    kl_tenant_place_t a = s_place(s_a, KL_ISOLATION_ROW, NULL);
+    kl_tenant_place_t b = s_place(s_b, KL_ISOLATION_ROW, NULL);
+    s_scoped_exec(t, &a,
+                  "INSERT INTO items (label) VALUES ('ra1'), ('ra2')"
+                  " RETURNING 1");
+    s_scoped_exec(t, &b,
+                  "INSERT INTO items (label) VALUES ('rb1') RETURNING 1");
+    kl_pg_t *main = kl_tenant_db_main(t);
+    kl_status_t st;
+    PGconn *conn = kl_pg_conn(main, &st);
+    assert_non_null(conn);
+
+    /* One statement, one tenant's rows, one round trip: every message
+     * (BEGIN READ ONLY, scope, query, COMMIT, sync) is sent before the
+     * first answer comes back. */
+    const char *sql = "SELECT string_agg(label, ',' ORDER BY label) FROM items"
+                      " WHERE label LIKE $1";
+    const char *params[] = {"r%"};
+    char trace[128];
+    PGresult *r = s_traced_read(t, conn, &a, "t_read_labels", sql, 1, params,
+                                &st, trace, sizeof trace);
+    if (!r)
+        fail_msg("read: %s", st.message);
+    assert_string_equal(PQgetvalue(r, 0, 0), "ra1,ra2");
+    PQclear(r);
+    const char *b_in_trace = strchr(trace, 'B');
+    assert_true(trace[0] == 'F' && b_in_trace && !strchr(b_in_trace, 'F'));
+    /* The same prepared statement for another tenant sees its rows. */
+    r = kl_tenant_read(t, &b, "t_read_labels", sql, 1, params, &st);
+    assert_non_null(r);
+    assert_string_equal(PQgetvalue(r, 0, 0), "rb1");
+    PQclear(r);
+    /* Nothing of the scope is left on the pooled connection. */
+    s_assert_unscoped(main, "shared.items");
+
+    /* The transaction is read only. */
+    assert_null(kl_tenant_read(t, &a, NULL,
+                               "INSERT INTO items (label) VALUES ('w')"
+                               " RETURNING 1",
+                               0, NULL, &st));
+    assert_int_equal(st.code, KL_INTERNAL);
+    assert_string_equal(st.message,
+                        "cannot execute INSERT in a read-only transaction");
+
+    /* Errors map as kl_pg_query's; each leaves the connection idle,
+     * unscoped and usable. */
+    struct {
+        const char *sql;
+        const char *param;
+        kl_code_t code;
+        const char *message;
+    } cases[] = {
+        {"SELECT 1/0", NULL, KL_INVALID_ARGUMENT, "division by zero"},
+        {"SELECT $1::uuid", "x", KL_INVALID_ARGUMENT,
+         "invalid input syntax for type uuid: \"x\""},
+        {"SELECT nope FROM items", NULL, KL_INTERNAL,
+         "column \"nope\" does not exist"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *p1[] = {cases[i].param};
+        assert_null(kl_tenant_read(t, &a, NULL, cases[i].sql,
+                                   cases[i].param ? 1 : 0, p1, &st));
+        assert_int_equal(st.code, cases[i].code);
+        assert_string_equal(st.message, cases[i].message);
+        s_assert_unscoped(main, "shared.items");
+        char *v = s_read_value(t, &a, "t_read_count", S_READ_COUNT);
+        assert_string_equal(v, "2");
+        free(v);
+    }
+    /* 57014 query_canceled -> DEADLINE_EXCEEDED, as kl_pg maps it. */
+    assert_int_equal(kl_pg_exec(main, "SET statement_timeout = 50", &st), 0);
+    assert_null(kl_tenant_read(t, &a, NULL, "SELECT pg_catalog.pg_sleep(2)", 0,
+                               NULL, &st));
+    assert_int_equal(st.code, KL_DEADLINE_EXCEEDED);
+    assert_int_equal(kl_pg_exec(main, "SET statement_timeout = 0", &st), 0);
+
+    /* Not inside a transaction open on the same connection. */
+    kl_pg_t *pg = kl_tenant_tx_begin(t, &a, &st);
+    assert_non_null(pg);
+    assert_null(
+        kl_tenant_read(t, &b, "t_read_count", S_READ_COUNT, 0, NULL, &st));
+    assert_int_equal(st.code, KL_FAILED_PRECONDITION);
+    kl_tenant_tx_rollback(t, pg);
+    kl_tenant_db_destroy(&t);
+}
+
+static void
+test_read_schema_and_database_models(void **state)
+{
+    (void)state;
+    kl_tenant_db_t *t = s_tdb(1);
+    kl_tenant_place_t s = s_place(s_s, KL_ISOLATION_SCHEMA, NULL);
+    kl_tenant_place_t d1 = s_place(s_d1, KL_ISOLATION_DATABASE, "main");
+    kl_tenant_place_t d2 = s_place(s_d2, KL_ISOLATION_DATABASE, "db2");
+    s_scoped_exec(t, &s,
+                  "INSERT INTO items (label) VALUES ('rs1') RETURNING 1");
+    s_scoped_exec(t, &d1,
+                  "INSERT INTO items (label) VALUES ('rd1') RETURNING 1");
+    s_scoped_exec(t, &d2,
+                  "INSERT INTO items (label) VALUES ('rd2') RETURNING 1");
+    const char *sql = "SELECT current_database() || ':' || current_schema() ||"
+                      " ':' || string_agg(label, ',') FROM items"
+                      " WHERE label LIKE 'r%'";
+    char *v = s_read_value(t, &s, "t_read_where", sql);
+    char *want = kl_asprintf("%s:%s:rs1", s_db, s.schema);
+    assert_string_equal(v, want);
+    free(want);
+    free(v);
+    s_assert_unscoped(kl_tenant_db_main(t), "shared.items");
+
+    /* Database tenants: their own connection (one kept: LRU of 1). */
+    v = s_read_value(t, &d1, "t_read_where", sql);
+    want = kl_asprintf("%s:shared:rd1", d1.db_name);
+    assert_string_equal(v, want);
+    free(want);
+    free(v);
+    v = s_read_value(t, &d2, "t_read_where", sql);
+    want = kl_asprintf("%s:shared:rd2", d2.db_name);
+    assert_string_equal(v, want);
+    free(want);
+    free(v);
+    assert_int_equal(kl_tenant_db_open_count(t), 1);
+    v = s_read_value(t, &d1, "t_read_where", sql);
+    assert_non_null(strstr(v, ":rd1"));
+    free(v);
+    /* The tenant database's connection is left unscoped too. */
+    kl_status_t st;
+    kl_pg_t *pg = kl_tenant_tx_begin(t, &d1, &st);
+    assert_non_null(pg);
+    assert_int_equal(kl_tenant_tx_commit(t, pg, &st), 0);
+    v = s_read_value(t, &d1, "t_read_where", sql);
+    free(v);
+    s_assert_unscoped(pg, "shared.items");
+
+    kl_tenant_place_t unknown = s_place(s_d1, KL_ISOLATION_DATABASE, "db9");
+    assert_null(kl_tenant_read(t, &unknown, NULL, "SELECT 1", 0, NULL, &st));
+    assert_int_equal(st.code, KL_NOT_FOUND);
+    assert_string_equal(st.message, "database server \"db9\" unknown");
+    kl_tenant_place_t down = s_place(s_d1, KL_ISOLATION_DATABASE, "down");
+    assert_null(kl_tenant_read(t, &down, NULL, "SELECT 1", 0, NULL, &st));
+    assert_int_equal(st.code, KL_UNAVAILABLE);
+    kl_tenant_db_destroy(&t);
+}
+
+/* The fence refuses a stale placement's read; a mover's lock does not
+ * stop reads; a forged placement is refused before any SQL. */
+static void
+test_read_fence(void **state)
+{
+    (void)state;
+    kl_tenant_db_t *t = s_tdb(2);
+    kl_tenant_place_t a = s_place(s_a, KL_ISOLATION_ROW, NULL);
+    kl_status_t st;
+    PGconn *mover = PQconnectdb(s_super_db);
+    assert_int_equal(PQstatus(mover), CONNECTION_OK);
+    const char *params[] = {s_a};
+    PGresult *r = PQexecParams(
+        mover, "SELECT pg_advisory_lock(" KL_TENANT_LOCK_SQL("$1::text") ")", 1,
+        NULL, params, NULL, NULL, 0);
+    assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    PQclear(r);
+    char *v = s_read_value(t, &a, "t_read_count", S_READ_COUNT);
+    assert_string_equal(v, "2");
+    free(v);
+    r = PQexecParams(
+        mover, "SELECT pg_advisory_unlock(" KL_TENANT_LOCK_SQL("$1::text") ")",
+        1, NULL, params, NULL, NULL, 0);
+    PQclear(r);
+
+    /* Moved to the schema model: the row placement is stale, its rows are
+     * not handed out. */
+    r = PQexecParams(mover,
+                     "INSERT INTO " KL_TENANT_FENCE_TABLE
+                     " (tenant_id, isolation) VALUES ($1, 'schema')",
+                     1, NULL, params, NULL, NULL, 0);
+    assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    assert_null(
+        kl_tenant_read(t, &a, "t_read_count", S_READ_COUNT, 0, NULL, &st));
+    assert_int_equal(st.code, KL_UNAVAILABLE);
+    assert_string_equal(st.message, "tenant placement changed, retry");
+    s_assert_unscoped(kl_tenant_db_main(t), "shared.items");
+    /* ... also when the query itself fails, as it may on a stale
+     * placement (the old schema dropped after a move): the fence's answer
+     * comes first, as when the scope runs before the query. */
+    assert_null(kl_tenant_read(t, &a, NULL, "SELECT * FROM dropped_after_move",
+                               0, NULL, &st));
+    assert_int_equal(st.code, KL_UNAVAILABLE);
+    assert_string_equal(st.message, "tenant placement changed, retry");
+    s_assert_unscoped(kl_tenant_db_main(t), "shared.items");
+    /* Tenant B is not affected. */
+    kl_tenant_place_t b = s_place(s_b, KL_ISOLATION_ROW, NULL);
+    v = s_read_value(t, &b, "t_read_count", S_READ_COUNT);
+    assert_string_equal(v, "1");
+    free(v);
+    r = PQexecParams(
+        mover, "DELETE FROM " KL_TENANT_FENCE_TABLE " WHERE tenant_id = $1", 1,
+        NULL, params, NULL, NULL, 0);
+    PQclear(r);
+    PQfinish(mover);
+    v = s_read_value(t, &a, "t_read_count", S_READ_COUNT);
+    assert_string_equal(v, "2");
+    free(v);
+
+    /* A forged placement: refused, and nothing was sent. */
+    PGconn *conn = kl_pg_conn(kl_tenant_db_main(t), &st);
+    assert_non_null(conn);
+    kl_tenant_place_t forged = s_place(s_s, KL_ISOLATION_SCHEMA, NULL);
+    snprintf(forged.schema, sizeof forged.schema, "shared\"; DROP TABLE x; --");
+    char trace[64];
+    assert_null(s_traced_read(t, conn, &forged, NULL, "SELECT 1", 0, NULL, &st,
+                              trace, sizeof trace));
+    assert_int_equal(st.code, KL_INVALID_ARGUMENT);
+    assert_string_equal(trace, "");
+    kl_tenant_db_destroy(&t);
+}
+
+/* The pooled connection's backend goes away while idle: the next read
+ * runs on a new connection, every statement prepared there again. */
+static void
+test_read_reconnect(void **state)
+{
+    (void)state;
+    kl_tenant_db_t *t = s_tdb(2);
+    kl_tenant_place_t a = s_place(s_a, KL_ISOLATION_ROW, NULL);
+    kl_tenant_place_t d1 = s_place(s_d1, KL_ISOLATION_DATABASE, "main");
+    const kl_tenant_place_t *places[] = {&a, &d1};
+    for (size_t i = 0; i < 2; i++) {
+        char *pid =
+            s_read_value(t, places[i], "t_read_pid", "SELECT pg_backend_pid()");
+        char *sql = kl_asprintf("SELECT pg_terminate_backend(%s)", pid);
+        s_exec(s_admin, sql);
+        free(sql);
+        /* Wait until the backend is gone. */
+        sql = kl_asprintf(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", pid);
+        for (int n = 0; n < 100; n++) {
+            char *left = kl_test_db_value(s_admin, sql);
+            bool gone = left && strcmp(left, "0") == 0;
+            free(left);
+            if (gone)
+                break;
+            usleep(20000);
+        }
+        free(sql);
+        char *pid2 =
+            s_read_value(t, places[i], "t_read_pid", "SELECT pg_backend_pid()");
+        assert_string_not_equal(pid, pid2);
+        char *names =
+            s_read_value(t, places[i], "t_read_names",
+                         "SELECT string_agg(name, ',' ORDER BY name) FROM "
+                         "pg_prepared_statements");
+        const char *want =
+            i == 0 ? "kl_tenant_read_begin,kl_tenant_read_commit,"
+                     "kl_tenant_tx_scope_main,t_read_names,t_read_pid"
+                   : "kl_tenant_read_begin,kl_tenant_read_commit,"
+                     "kl_tenant_tx_scope,t_read_names,t_read_pid";
+        assert_string_equal(names, want);
+        free(names);
+        free(pid);
+        free(pid2);
+    }
+    kl_tenant_db_destroy(&t);
+}
+
 int
 main(void)
 {
@@ -600,6 +938,10 @@ main(void)
         cmocka_unit_test(test_database_model_and_lru),
         cmocka_unit_test(test_move_lock_and_fence),
         cmocka_unit_test(test_hostile_names),
+        cmocka_unit_test(test_read_row_model),
+        cmocka_unit_test(test_read_schema_and_database_models),
+        cmocka_unit_test(test_read_fence),
+        cmocka_unit_test(test_read_reconnect),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

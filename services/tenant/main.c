@@ -1,6 +1,7 @@
 /*
  * kowloon-tenant: the tenant registry service. Reads its settings, migrates
- * schema "tenant", and serves kowloon.tenant.TenantService until SIGTERM.
+ * schema "tenant", settles moves a dead process left, and serves
+ * kowloon.tenant.TenantService until SIGTERM.
  */
 #include "kl_config.h"
 #include "kl_log.h"
@@ -111,6 +112,11 @@ main(void)
                      status.message);
         goto done;
     }
+    /* Moves a process that died mid-move left are finished or undone
+     * before serving; a failure here must not keep the registry down. */
+    if (tenant_service_recover(svc, &status) < 0)
+        kl_log_write(KL_WARN, "settling unsettled moves failed: %s, ignored",
+                     status.message);
     kl_rpc_server_opts_t opts = {
         .bind = kl_config_str(cfg, KL_CFG_TENANT_BIND),
         .workers = (int)kl_config_int(cfg, KL_CFG_WORKERS),

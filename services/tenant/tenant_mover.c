@@ -1,7 +1,8 @@
 /*
- * tenant_mover: copy, verify, switch, clean up — under the tenant's move
- * lock. Uses libpq directly on owner connections (COPY streaming, several
- * statements per transaction on two servers at once).
+ * tenant_mover: copy, verify, switch, clean up — under the tenant's claim
+ * and move lock — and the recovery's check, undo and removal. Uses libpq
+ * directly on owner connections (COPY streaming, several statements per
+ * transaction on two servers at once, locks held by one session).
  */
 #include "tenant_mover.h"
 
@@ -370,119 +371,437 @@ s_supported(kl_isolation_t from, kl_isolation_t to)
            (from == KL_ISOLATION_SCHEMA && to == KL_ISOLATION_DATABASE);
 }
 
-int
-tenant_mover_run(const tenant_provision_t *prov, const kl_tenant_place_t *from,
-                 const kl_tenant_place_t *to, int64_t lock_timeout_ms,
-                 tenant_mover_switch_fn switch_fn, void *switch_arg,
-                 tenant_mover_result_t *out, kl_status_t *status)
+/* --- the claim ----------------------------------------------------------- */
+
+struct tenant_mover {
+    const tenant_provision_t *prov; /* borrowed */
+    char tenant_id[37];             /* the claimed tenant */
+    s_conn_t lock; /* main owner session: claim, move lock, fence writes;
+                      raw libpq, never reconnected (a new session would
+                      silently hold neither lock) */
+    bool locked;   /* the move lock is held */
+};
+
+tenant_mover_t *
+tenant_mover_new(const tenant_provision_t *prov, const char *tenant_id,
+                 kl_status_t *status)
 {
-    memset(out, 0, sizeof *out);
-    int64_t started = kl_now_mono_ms();
-    if (kl_tenant_place_check(from, status) < 0 ||
-        kl_tenant_place_check(to, status) < 0)
+    tenant_mover_t *self = kl_calloc(1, sizeof *self);
+    self->prov = prov;
+    snprintf(self->tenant_id, sizeof self->tenant_id, "%s", tenant_id);
+    PGresult *res = NULL;
+    int rc = s_open(prov, "main", NULL, "main", &self->lock, status);
+    if (rc == 0)
+        rc = s_run(
+            &self->lock,
+            "SELECT pg_catalog.pg_try_advisory_lock(" TENANT_MOVER_CLAIM_SQL(
+                "$1::text") ")",
+            1, (const char *const[]){tenant_id}, &res, status);
+    if (rc == 0) {
+        if (strcmp(PQgetvalue(res, 0, 0), "t") != 0)
+            rc = kl_status_set(status, KL_FAILED_PRECONDITION,
+                               "tenant %s is already being moved", tenant_id);
+        PQclear(res);
+    }
+    if (rc < 0)
+        tenant_mover_destroy(&self);
+    return self;
+}
+
+void
+tenant_mover_destroy(tenant_mover_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    tenant_mover_t *self = *self_p;
+    /* Ending the session releases the claim and the move lock. */
+    s_close(&self->lock);
+    free(self);
+    *self_p = NULL;
+}
+
+int
+tenant_mover_lock(tenant_mover_t *self, int64_t wait_ms, kl_status_t *status)
+{
+    if (self->locked)
+        return 0;
+    const char *id = self->tenant_id;
+    PGresult *res = NULL;
+    int rc;
+    if (wait_ms > 0) {
+        char *sql = kl_asprintf("SET lock_timeout = %lld", (long long)wait_ms);
+        rc = s_run(&self->lock, sql, 0, NULL, NULL, status);
+        free(sql);
+        if (rc == 0)
+            rc = s_run(&self->lock,
+                       "SELECT pg_catalog.pg_advisory_lock(" KL_TENANT_LOCK_SQL(
+                           "$1::text") ")",
+                       1, (const char *const[]){id}, NULL, status);
+    } else {
+        rc = s_run(&self->lock,
+                   "SELECT pg_catalog.pg_try_advisory_lock(" KL_TENANT_LOCK_SQL(
+                       "$1::text") ")",
+                   1, (const char *const[]){id}, &res, status);
+        if (rc == 0 && strcmp(PQgetvalue(res, 0, 0), "t") != 0)
+            rc = kl_status_set(status, KL_UNAVAILABLE,
+                               "tenant %s is busy: its move lock is held", id);
+        PQclear(res);
+    }
+    self->locked = rc == 0;
+    return rc;
+}
+
+int
+tenant_mover_lock_pid(const tenant_mover_t *self)
+{
+    return self->lock.conn ? PQbackendPID(self->lock.conn) : 0;
+}
+
+/* Records (isolation != NULL) or clears the fence entry on the claim's
+ * session: if that session is gone, so are the locks, and the write
+ * fails rather than be made by someone who no longer holds the tenant. */
+static int
+s_fence_set(tenant_mover_t *self, const char *isolation, kl_status_t *status)
+{
+    if (isolation)
+        return s_run(&self->lock,
+                     "INSERT INTO " KL_TENANT_FENCE_TABLE
+                     " (tenant_id, isolation) VALUES ($1, $2)"
+                     " ON CONFLICT (tenant_id) DO UPDATE SET"
+                     " isolation = EXCLUDED.isolation, moved_at = now()",
+                     2, (const char *const[]){self->tenant_id, isolation}, NULL,
+                     status);
+    return s_run(&self->lock,
+                 "DELETE FROM " KL_TENANT_FENCE_TABLE " WHERE tenant_id = $1",
+                 1, (const char *const[]){self->tenant_id}, NULL, status);
+}
+
+/* The fence entry of a placement: none for the row model. */
+static const char *
+s_fence_of(const kl_tenant_place_t *place)
+{
+    return place->isolation == KL_ISOLATION_ROW
+               ? NULL
+               : kl_isolation_name(place->isolation);
+}
+
+int
+tenant_mover_fence(tenant_mover_t *self, char isolation[16],
+                   kl_status_t *status)
+{
+    PGresult *res = NULL;
+    int rc = s_run(&self->lock,
+                   "SELECT isolation FROM " KL_TENANT_FENCE_TABLE
+                   " WHERE tenant_id = $1::uuid",
+                   1, (const char *const[]){self->tenant_id}, &res, status);
+    if (rc < 0)
+        return rc;
+    snprintf(isolation, 16, "%s",
+             PQntuples(res) > 0 ? PQgetvalue(res, 0, 0) : "");
+    PQclear(res);
+    return 0;
+}
+
+/* --- steps shared by a move and a recovery ------------------------------- */
+
+/* Row counts of every table in source and target; out->counts. */
+static int
+s_verify(s_conn_t *src, s_conn_t *tgt, const char *id, const s_table_t *t,
+         size_t n, tenant_mover_result_t *out, kl_status_t *status)
+{
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        int64_t a = -1, b = -2;
+        rc = s_count(src, id, t[i].src, &a, status);
+        if (rc == 0)
+            rc = s_count(tgt, id, t[i].dst, &b, status);
+        if (rc == 0 && a != b)
+            rc = kl_status_set(status, KL_ABORTED,
+                               "table %s: %lld rows in the source, %lld in "
+                               "the target",
+                               t[i].name, (long long)a, (long long)b);
+        if (rc == 0) {
+            snprintf(out->counts[i].table, sizeof out->counts[i].table, "%s",
+                     t[i].name);
+            out->counts[i].rows = a;
+            out->n_counts = i + 1;
+        }
+    }
+    return rc;
+}
+
+/* Removes old's copy; src (main, open) and its tables for a row source. */
+static int
+s_remove(tenant_mover_t *self, const kl_tenant_place_t *old, s_conn_t *src,
+         s_table_t *t, size_t n, kl_status_t *status)
+{
+    if (old->isolation == KL_ISOLATION_ROW)
+        return s_delete_rows(src, old->tenant_id, t, n, status);
+    if (old->isolation == KL_ISOLATION_SCHEMA)
+        return tenant_provision_drop(self->prov, old, status);
+    return kl_status_set(status, KL_INVALID_ARGUMENT,
+                         "a database placement is never an old copy");
+}
+
+/* Refuses a placement that is not the claimed tenant's. */
+static int
+s_check_place(const tenant_mover_t *self, const kl_tenant_place_t *place,
+              kl_status_t *status)
+{
+    int rc = kl_tenant_place_check(place, status);
+    if (rc == 0 && strcmp(place->tenant_id, self->tenant_id) != 0)
+        rc = kl_status_set(status, KL_INVALID_ARGUMENT,
+                           "placement of tenant %s given to the mover of %s",
+                           place->tenant_id, self->tenant_id);
+    return rc;
+}
+
+static int
+s_check_move(const tenant_mover_t *self, const kl_tenant_place_t *from,
+             const kl_tenant_place_t *to, kl_status_t *status)
+{
+    if (s_check_place(self, from, status) < 0 ||
+        s_check_place(self, to, status) < 0)
         return -(int)status->code;
-    if (strcmp(from->tenant_id, to->tenant_id) != 0 ||
-        !s_supported(from->isolation, to->isolation))
+    if (!s_supported(from->isolation, to->isolation))
         return kl_status_set(status, KL_INVALID_ARGUMENT,
                              "cannot move a tenant from %s to %s: want row "
                              "-> schema, row -> database or schema -> "
                              "database",
                              kl_isolation_name(from->isolation),
                              kl_isolation_name(to->isolation));
-    const char *id = from->tenant_id;
-    s_conn_t lock = {0}, src = {0}, dst = {0};
+    return 0;
+}
+
+static int
+s_need_lock(const tenant_mover_t *self, kl_status_t *status)
+{
+    if (self->locked)
+        return 0;
+    return kl_status_set(status, KL_FAILED_PRECONDITION,
+                         "the move lock of tenant %s is not held",
+                         self->tenant_id);
+}
+
+/* Whether a test asked the move to stop dead at `at`. */
+static bool
+s_stop(const tenant_mover_opts_t *opts, tenant_mover_stop_t at,
+       tenant_mover_result_t *out, kl_status_t *status)
+{
+    static const char *const names[] = {"", "provisioned", "copied", "fenced",
+                                        "switched"};
+    if (opts->stop_at != at)
+        return false;
+    out->stopped = true;
+    kl_status_set(status, KL_ABORTED, "move stopped once %s (test hook)",
+                  names[at]);
+    return true;
+}
+
+/* --- the move ------------------------------------------------------------ */
+
+int
+tenant_mover_run(tenant_mover_t *self, const kl_tenant_place_t *from,
+                 const kl_tenant_place_t *to, const tenant_mover_opts_t *opts,
+                 tenant_mover_result_t *out, kl_status_t *status)
+{
+    memset(out, 0, sizeof *out);
+    int64_t started = kl_now_mono_ms();
+    int rc = s_check_move(self, from, to, status);
+    if (rc < 0)
+        return rc;
+    const char *id = self->tenant_id;
+    s_conn_t src = {0}, dst = {0};
     s_table_t *tables = NULL;
     size_t n = 0;
-    bool target_made = false;
+    bool target_made = false, fence_written = false, unsure = false;
 
     /* 1. The move lock: waits for writes already under way. */
-    int rc = s_open(prov, "main", NULL, "main", &lock, status);
-    if (rc == 0) {
-        char *sql = kl_asprintf(
-            "SET lock_timeout = %lld",
-            (long long)(lock_timeout_ms > 0 ? lock_timeout_ms : 30000));
-        rc = s_run(&lock, sql, 0, NULL, NULL, status);
-        free(sql);
-    }
-    if (rc == 0)
-        rc = s_run(&lock,
-                   "SELECT pg_catalog.pg_advisory_lock(" KL_TENANT_LOCK_SQL(
-                       "$1::text") ")",
-                   1, (const char *const[]){id}, NULL, status);
+    rc = tenant_mover_lock(
+        self, opts->lock_timeout_ms > 0 ? opts->lock_timeout_ms : 30000,
+        status);
     /* 2. The target. */
     if (rc == 0) {
-        rc = tenant_provision_create(prov, to, status);
+        rc = tenant_provision_create(self->prov, to, status);
         target_made = rc == 0;
     }
+    if (rc == 0 && s_stop(opts, TENANT_MOVER_STOP_PROVISIONED, out, status))
+        goto done;
     /* 3. The copy. Sources are always in the main database. */
     if (rc == 0)
-        rc = s_open(prov, "main", NULL, "source", &src, status);
+        rc = s_open(self->prov, "main", NULL, "source", &src, status);
     if (rc == 0)
         rc = s_tables(&src, from->schema, to->schema, &tables, &n, status);
     if (rc == 0 && to->isolation == KL_ISOLATION_SCHEMA) {
         rc = s_copy_local(&src, id, tables, n, status);
     } else if (rc == 0) {
-        rc = s_open(prov, to->db_server, to->db_name, "target", &dst, status);
+        rc = s_open(self->prov, to->db_server, to->db_name, "target", &dst,
+                    status);
         if (rc == 0)
             rc = s_copy_remote(&src, &dst, id, tables, n, status);
     }
     /* 4. Verification, table by table. */
-    s_conn_t *tgt = to->isolation == KL_ISOLATION_SCHEMA ? &src : &dst;
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        int64_t a = -1, b = -2;
-        rc = s_count(&src, id, tables[i].src, &a, status);
-        if (rc == 0)
-            rc = s_count(tgt, id, tables[i].dst, &b, status);
-        if (rc == 0 && a != b)
-            rc = kl_status_set(status, KL_ABORTED,
-                               "table %s: %lld rows in the source, %lld in "
-                               "the target",
-                               tables[i].name, (long long)a, (long long)b);
-        if (rc == 0) {
-            snprintf(out->counts[i].table, sizeof out->counts[i].table, "%s",
-                     tables[i].name);
-            out->counts[i].rows = a;
-            out->n_counts = i + 1;
-        }
-    }
-    /* 5. The switch: the fence first, so a stale placement is refused
-     * from the moment the record changes. */
     if (rc == 0)
-        rc = tenant_provision_fence(prov, id, kl_isolation_name(to->isolation),
-                                    status);
-    if (rc == 0) {
-        rc = switch_fn(switch_arg, to, status);
-        if (rc < 0) {
-            kl_status_t ignored;
-            tenant_provision_fence(prov, id,
-                                   from->isolation == KL_ISOLATION_ROW
-                                       ? NULL
-                                       : kl_isolation_name(from->isolation),
-                                   &ignored);
-        }
+        rc = s_verify(&src, to->isolation == KL_ISOLATION_SCHEMA ? &src : &dst,
+                      id, tables, n, out, status);
+    if (rc == 0 && s_stop(opts, TENANT_MOVER_STOP_COPIED, out, status))
+        goto done;
+    /* 5. The switch. The fence goes first, or in the record's own
+     * transaction, so that a stale placement is refused from the moment
+     * the record changes. Once the fence may say the new model, the
+     * target holds a complete, counted copy: a recovery that finds the
+     * fence there finishes the move. */
+    if (rc == 0 && !opts->switch_fences) {
+        rc = s_fence_set(self, kl_isolation_name(to->isolation), status);
+        fence_written = true; /* or perhaps, if the reply was lost */
+        if (rc == 0 && s_stop(opts, TENANT_MOVER_STOP_FENCED, out, status))
+            goto done;
     }
+    if (rc == 0)
+        rc = opts->switch_fn(opts->switch_arg, to, opts->switch_fences,
+                             tenant_mover_lock_pid(self), &unsure, status);
     if (rc < 0) {
         out->n_counts = 0;
         s_close(&dst);
-        if (target_made) {
+        /* Put the fence back; if that fails too, the fence may say the
+         * new model: undo nothing, and leave the tenant to a recovery,
+         * which decides by the fence. */
+        kl_status_t fst;
+        if (unsure ||
+            (fence_written && s_fence_set(self, s_fence_of(from), &fst) < 0))
+            out->unsettled = true;
+        else if (target_made) {
             kl_status_t ignored;
-            tenant_provision_drop(prov, to, &ignored);
+            tenant_provision_drop(self->prov, to, &ignored);
         }
-    } else {
-        /* 6. The old copy. */
-        kl_status_t cst;
-        int crc = from->isolation == KL_ISOLATION_ROW
-                      ? s_delete_rows(&src, id, tables, n, &cst)
-                      : tenant_provision_drop(prov, from, &cst);
-        if (crc < 0)
-            snprintf(out->cleanup_error, sizeof out->cleanup_error, "%s",
-                     cst.message);
+        goto done;
     }
-    /* 7. Ending the lock's session releases it. */
+    if (s_stop(opts, TENANT_MOVER_STOP_SWITCHED, out, status)) {
+        rc = -(int)status->code;
+        goto done;
+    }
+    /* 6. The old copy. */
+    kl_status_t cst;
+    if (s_remove(self, from, &src, tables, n, &cst) < 0)
+        snprintf(out->cleanup_error, sizeof out->cleanup_error, "%s",
+                 cst.message);
+done:
+    if (out->stopped)
+        rc = -(int)status->code;
     s_tables_free(tables, n);
     s_close(&src);
     s_close(&dst);
-    s_close(&lock);
     out->elapsed_ms = kl_now_mono_ms() - started;
+    return rc;
+}
+
+/* --- recovery ------------------------------------------------------------ */
+
+/* Whether to's schema or database exists. */
+static int
+s_target_exists(tenant_mover_t *self, const kl_tenant_place_t *to, bool *exists,
+                kl_status_t *status)
+{
+    bool database = to->isolation == KL_ISOLATION_DATABASE;
+    s_conn_t server = {0};
+    s_conn_t *c = &self->lock;
+    int rc = 0;
+    if (database) {
+        rc = s_open(self->prov, to->db_server, NULL, "target server", &server,
+                    status);
+        c = &server;
+    }
+    PGresult *res = NULL;
+    if (rc == 0)
+        rc =
+            s_run(c,
+                  database ? "SELECT count(*) FROM pg_catalog.pg_database"
+                             " WHERE datname = $1"
+                           : "SELECT count(*) FROM pg_catalog.pg_namespace"
+                             " WHERE nspname = $1",
+                  1, (const char *const[]){database ? to->db_name : to->schema},
+                  &res, status);
+    if (rc == 0) {
+        *exists = strcmp(PQgetvalue(res, 0, 0), "0") != 0;
+        PQclear(res);
+    }
+    s_close(&server);
+    return rc;
+}
+
+int
+tenant_mover_check(tenant_mover_t *self, const kl_tenant_place_t *from,
+                   const kl_tenant_place_t *to, tenant_mover_result_t *out,
+                   kl_status_t *status)
+{
+    memset(out, 0, sizeof *out);
+    int64_t started = kl_now_mono_ms();
+    int rc = s_check_move(self, from, to, status);
+    if (rc == 0)
+        rc = s_need_lock(self, status);
+    bool exists = false;
+    if (rc == 0)
+        rc = s_target_exists(self, to, &exists, status);
+    if (rc == 0 && !exists)
+        rc = kl_status_set(status, KL_NOT_FOUND,
+                           "the %s of tenant %s does not exist",
+                           kl_isolation_name(to->isolation), self->tenant_id);
+    s_conn_t src = {0}, dst = {0};
+    s_table_t *tables = NULL;
+    size_t n = 0;
+    if (rc == 0)
+        rc = s_open(self->prov, "main", NULL, "source", &src, status);
+    if (rc == 0)
+        rc = s_tables(&src, from->schema, to->schema, &tables, &n, status);
+    if (rc == 0 && to->isolation == KL_ISOLATION_DATABASE)
+        rc = s_open(self->prov, to->db_server, to->db_name, "target", &dst,
+                    status);
+    if (rc == 0)
+        rc = s_verify(&src, to->isolation == KL_ISOLATION_SCHEMA ? &src : &dst,
+                      self->tenant_id, tables, n, out, status);
+    if (rc < 0)
+        out->n_counts = 0;
+    s_tables_free(tables, n);
+    s_close(&src);
+    s_close(&dst);
+    out->elapsed_ms = kl_now_mono_ms() - started;
+    return rc;
+}
+
+int
+tenant_mover_undo(tenant_mover_t *self, const kl_tenant_place_t *from,
+                  const kl_tenant_place_t *to, kl_status_t *status)
+{
+    int rc = s_check_move(self, from, to, status);
+    if (rc == 0)
+        rc = s_need_lock(self, status);
+    /* The fence first: from then on a stale placement of the target is
+     * refused, and the old placement is accepted again. */
+    if (rc == 0)
+        rc = s_fence_set(self, s_fence_of(from), status);
+    if (rc == 0)
+        rc = tenant_provision_drop(self->prov, to, status);
+    return rc;
+}
+
+int
+tenant_mover_remove(tenant_mover_t *self, const kl_tenant_place_t *old,
+                    kl_status_t *status)
+{
+    int rc = s_check_place(self, old, status);
+    if (rc == 0)
+        rc = s_need_lock(self, status);
+    s_conn_t src = {0};
+    s_table_t *tables = NULL;
+    size_t n = 0;
+    if (rc == 0 && old->isolation == KL_ISOLATION_ROW) {
+        rc = s_open(self->prov, "main", NULL, "source", &src, status);
+        if (rc == 0)
+            rc = s_tables(&src, old->schema, old->schema, &tables, &n, status);
+    }
+    if (rc == 0)
+        rc = s_remove(self, old, &src, tables, n, status);
+    s_tables_free(tables, n);
+    s_close(&src);
     return rc;
 }

@@ -16,6 +16,7 @@
 #include "kowloon/tenant.pb-c.h"
 #include "tenant_apikey.h"
 #include "tenant_mover.h"
+#include "tenant_moves.h"
 #include "tenant_provision.h"
 #include "tenant_store.h"
 
@@ -44,8 +45,10 @@ struct tenant_service {
     void *migrate_arg;
     kl_rpc_client_t *migration; /* borrowed */
     int64_t move_lock_timeout_ms;
-    tenant_provision_t *prov; /* made at migrate; NULL: no provisioning */
-    kl_service_t *std;        /* owned; the workers' pg and redis */
+    tenant_mover_stop_t move_stop_at; /* tests only */
+    tenant_provision_t *prov;  /* made at migrate; NULL: no provisioning */
+    tenant_moves_opts_t moves; /* filled in at migrate, with prov */
+    kl_service_t *std;         /* owned; the workers' pg and redis */
 };
 
 /* --- validation ------------------------------------------------------- */
@@ -127,9 +130,9 @@ s_key_msg(const tenant_key_row_t *row, Kowloon__Tenant__ApiKey *k)
 /* Publishes a change after commit. Events are hints: a failure is logged
  * and the call still succeeds (caches expire by TTL). */
 static void
-s_publish(const tenant_service_t *self, kl_service_worker_t *w,
-          const char *kind, const char *id, const char *tenant_id,
-          const char *subdomain, const char *action)
+s_publish_to(const tenant_service_t *self, kl_redis_t *redis, const char *kind,
+             const char *id, const char *tenant_id, const char *subdomain,
+             const char *action)
 {
     if (!self->redis_url[0])
         return;
@@ -140,9 +143,18 @@ s_publish(const tenant_service_t *self, kl_service_worker_t *w,
     ev.subdomain = (char *)(subdomain ? subdomain : "");
     ev.action = (char *)action;
     kl_status_t st;
-    if (kl_redis_publish_event(w->redis, self->events_channel, &ev, &st) < 0)
+    if (kl_redis_publish_event(redis, self->events_channel, &ev, &st) < 0)
         KL_LOG(KL_WARN, "%s %s event for %s not published: %s, ignored", kind,
                action, id, st.message);
+}
+
+/* s_publish_to on the worker's Redis connection. */
+static void
+s_publish(const tenant_service_t *self, kl_service_worker_t *w,
+          const char *kind, const char *id, const char *tenant_id,
+          const char *subdomain, const char *action)
+{
+    s_publish_to(self, w->redis, kind, id, tenant_id, subdomain, action);
 }
 
 static void
@@ -688,19 +700,20 @@ s_resolve_api_key(Kowloon__Tenant__TenantService_Service *svc,
     closure(&out, closure_data);
 }
 
-/* Makes the mover's target the tenant's placement of record. */
+/* The change events of a move: a tenant_moves_event_fn whose arg is an
+ * s_move_events_t (redis NULL: events off). */
 typedef struct {
-    kl_service_worker_t *w;
-    tenant_row_t *row;
-} s_switch_t;
+    const tenant_service_t *self;
+    kl_redis_t *redis;
+} s_move_events_t;
 
-static int
-s_switch(void *arg, const kl_tenant_place_t *to, kl_status_t *status)
+static void
+s_move_event(void *arg, const tenant_row_t *row, const char *action)
 {
-    s_switch_t *sw = arg;
-    return tenant_store_set_placement(
-        sw->w->pg, to->tenant_id, kl_isolation_name(to->isolation),
-        to->db_server, to->db_name, sw->row, status);
+    s_move_events_t *ev = arg;
+    if (ev->redis)
+        s_publish_to(ev->self, ev->redis, "tenant", row->id, row->id,
+                     row->subdomain, action);
 }
 
 static void
@@ -712,11 +725,10 @@ s_move(Kowloon__Tenant__TenantService_Service *svc,
     kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     tenant_row_t row;
-    kl_tenant_place_t from, to;
+    kl_tenant_place_t to;
     kl_isolation_t target = KL_ISOLATION_ROW;
     char server[KL_TENANT_NAME_MAX] = "";
     tenant_mover_result_t result;
-    bool flagged = false;
 
     int rc = kl_valid_check_uuid("id", in->id, &st);
     if (rc == 0 && (kl_valid_empty(in->isolation) ||
@@ -729,61 +741,29 @@ s_move(Kowloon__Tenant__TenantService_Service *svc,
     if (rc == 0 && !self->prov)
         rc = kl_status_set(&st, KL_FAILED_PRECONDITION,
                            "moves need KOWLOON_TENANT_DB_OWNER_SERVERS");
+    /* Unknown and deleted tenants are refused before a server is chosen;
+     * tenant_moves_move reads the record again under the tenant's claim. */
     if (rc == 0)
         rc = tenant_store_get(w->pg, in->id, &row, &st);
     if (rc == 0 && strcmp(row.status, "deleted") == 0)
         rc = kl_status_set(&st, KL_FAILED_PRECONDITION, "tenant %s is deleted",
                            row.id);
-    if (rc == 0)
-        rc = s_place_of(self, &row, &from, &st);
     if (rc == 0 && target == KL_ISOLATION_DATABASE)
         rc = s_pick_server(self, w, in->db_server, server, &st);
     if (rc == 0)
         rc = kl_tenant_place(row.id, target, self->shared_schema, server, &to,
                              &st);
-    if (rc == 0 && from.isolation >= to.isolation)
-        rc = kl_status_set(&st, KL_FAILED_PRECONDITION,
-                           "cannot move tenant %s from %s to %s: want row -> "
-                           "schema, row -> database or schema -> database",
-                           row.id, kl_isolation_name(from.isolation),
-                           kl_isolation_name(to.isolation));
     if (rc == 0) {
-        rc = tenant_store_set_moving(w->pg, row.id, true, &row, &st);
-        flagged = rc == 0;
-    }
-    if (rc == 0) {
-        KL_LOG(KL_INFO, "moving tenant %s from %s to %s", row.id,
-               kl_isolation_name(from.isolation),
-               kl_isolation_name(to.isolation));
-        s_publish(self, w, "tenant", row.id, row.id, row.subdomain, "moving");
-        s_switch_t sw = {w, &row};
-        rc =
-            tenant_mover_run(self->prov, &from, &to, self->move_lock_timeout_ms,
-                             s_switch, &sw, &result, &st);
+        s_move_events_t ev = {self, self->redis_url[0] ? w->redis : NULL};
+        rc = tenant_moves_move(&self->moves, w->pg, &to,
+                               !kl_valid_empty(in->db_server), &ev, &row,
+                               &result, &st);
     }
     if (rc < 0) {
-        if (flagged) {
-            kl_status_t ignored;
-            tenant_row_t back;
-            if (tenant_store_set_moving(w->pg, row.id, false, &back, &ignored) <
-                0)
-                KL_LOG(KL_ERROR, "clearing the moving flag of %s failed: %s",
-                       row.id, ignored.message);
-            s_publish(self, w, "tenant", row.id, row.id, row.subdomain,
-                      "updated");
-            KL_LOG(KL_WARN, "moving tenant %s failed, it stays in %s: %s",
-                   row.id, kl_isolation_name(from.isolation), st.message);
-        }
         kl_service_fail(closure_data, "Move", &st);
         closure(NULL, closure_data);
         return;
     }
-    if (result.cleanup_error[0])
-        KL_LOG(KL_WARN, "tenant %s moved, old copy not removed: %s", row.id,
-               result.cleanup_error);
-    KL_LOG(KL_INFO, "tenant %s moved to %s in %lld ms", row.id, row.isolation,
-           (long long)result.elapsed_ms);
-    s_publish(self, w, "tenant", row.id, row.id, row.subdomain, "moved");
     Kowloon__Tenant__Tenant t;
     s_tenant_msg(&row, &t);
     Kowloon__Tenant__TableCount counts[TENANT_MOVER_MAX_TABLES];
@@ -870,6 +850,7 @@ tenant_service_new(const tenant_service_opts_t *opts, kl_status_t *status)
     }
     self->move_lock_timeout_ms =
         opts->move_lock_timeout_ms > 0 ? opts->move_lock_timeout_ms : 30000;
+    self->move_stop_at = opts->move_stop_at;
     /* The Redis URL was checked above. */
     self->std =
         kl_service_new(&(kl_service_opts_t){.name = "tenant",
@@ -908,9 +889,9 @@ tenant_service_migrate(const tenant_service_t *self, kl_status_t *status)
 {
     kl_pg_t *pg = kl_pg_new(self->database_url);
     int rc = tenant_store_migrate(pg, status);
-    /* Start-up, before any worker runs: the role and the provisioner are
-     * filled in here, once, so the const of the interface is only about
-     * callers. */
+    /* Start-up, before any worker runs: the role, the provisioner and the
+     * moves' settings are filled in here, once, so the const of the
+     * interface is only about callers. */
     tenant_service_t *mut = (tenant_service_t *)self;
     if (rc == 0 && self->n_owner_servers > 0 && !self->app_role[0]) {
         PGresult *res =
@@ -923,7 +904,6 @@ tenant_service_migrate(const tenant_service_t *self, kl_status_t *status)
             PQclear(res);
         }
     }
-    kl_pg_destroy(&pg);
     if (rc == 0 && self->n_owner_servers > 0 && !self->prov) {
         tenant_provision_opts_t popts = {
             .owner_servers = (const char *const *)self->owner_servers,
@@ -935,12 +915,64 @@ tenant_service_migrate(const tenant_service_t *self, kl_status_t *status)
         };
         mut->prov = tenant_provision_new(&popts, status);
         if (!mut->prov)
-            return -(int)status->code;
-        if (!self->migrate)
+            rc = -(int)status->code;
+        else if (!self->migrate)
             KL_LOG(KL_WARN, "no migration service configured: new schema and "
                             "database tenants get no tables");
-        rc = tenant_provision_prepare(self->prov, status);
+        if (rc == 0)
+            rc = tenant_provision_prepare(self->prov, status);
     }
+    /* The switch of a move is one transaction when this service's own
+     * role may write the fence (it owns it when DATABASE_URL's role is the
+     * main owner role, as in every shipped stage); otherwise two steps,
+     * the fence first, and a recovery settles a process that died between
+     * them. Nothing is granted for it: the application role stays
+     * read-only on the fence. */
+    bool may_fence = false;
+    if (rc == 0 && self->prov)
+        rc = tenant_store_may_fence(pg, &may_fence, status);
+    if (rc == 0 && self->prov) {
+        mut->moves = (tenant_moves_opts_t){
+            .prov = self->prov,
+            .shared_schema = self->shared_schema,
+            .lock_timeout_ms = self->move_lock_timeout_ms,
+            .switch_fences = may_fence,
+            .stop_at = self->move_stop_at,
+            .event = s_move_event,
+        };
+        if (!may_fence)
+            KL_LOG(KL_INFO, "the role of KOWLOON_DATABASE_URL may not write "
+                            "the placement fence: a move switches in two "
+                            "steps");
+    }
+    kl_pg_destroy(&pg);
+    return rc;
+}
+
+int
+tenant_service_recover(const tenant_service_t *self, kl_status_t *status)
+{
+    if (!self->prov)
+        return 0;
+    kl_pg_t *pg = kl_pg_new(self->database_url);
+    kl_redis_t *redis = NULL;
+    if (self->redis_url[0]) {
+        kl_status_t rst;
+        redis = kl_redis_new(self->redis_url, &rst);
+        if (!redis)
+            KL_LOG(KL_WARN, "no events for settled moves: %s", rst.message);
+    }
+    s_move_events_t ev = {self, redis};
+    size_t settled = 0, left = 0;
+    int rc =
+        tenant_moves_recover(&self->moves, pg, &ev, &settled, &left, status);
+    /* Each tenant left for a failure was logged at warn already; one left
+     * because another process holds it is that process's to settle. */
+    if (rc == 0 && (settled > 0 || left > 0))
+        KL_LOG(KL_INFO, "unsettled moves: %zu settled, %zu left as they were",
+               settled, left);
+    kl_redis_destroy(&redis);
+    kl_pg_destroy(&pg);
     return rc;
 }
 

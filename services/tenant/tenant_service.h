@@ -13,6 +13,7 @@
 #include "kl_code.h"
 #include "kl_rpc_client.h"
 #include "kl_rpc_server.h"
+#include "tenant_mover.h"
 #include "tenant_provision.h"
 
 #include <protobuf-c/protobuf-c.h>
@@ -41,6 +42,9 @@ typedef struct {
     void *migrate_arg;
     kl_rpc_client_t *migration;
     int64_t move_lock_timeout_ms; /* wait for in-flight writes; 0: 30000 */
+    /* Tests only (0 in production): every move stops dead at this point,
+     * as if the process died there (TENANT_MOVER_STOP_*). */
+    tenant_mover_stop_t move_stop_at;
 } tenant_service_opts_t;
 
 typedef struct tenant_service tenant_service_t;
@@ -56,6 +60,15 @@ void tenant_service_destroy(tenant_service_t **self_p);
  * also finds the application role (if not given) and prepares the
  * placement fence in the main database. */
 int tenant_service_migrate(const tenant_service_t *self, kl_status_t *status);
+
+/* After tenant_service_migrate, before serving: settles the moves that a
+ * process which died mid-move left (docs/isolation.md, "Moves"): each is
+ * finished if the fence shows its switch happened, else undone; a move
+ * that another process holds (its claim or move lock taken) is left
+ * alone. Events as Move's. Failures for one tenant are logged and leave
+ * it as it was (the next start or Move settles it); -code only when the
+ * tenants cannot be listed. */
+int tenant_service_recover(const tenant_service_t *self, kl_status_t *status);
 
 /* The generated service to give kl_rpc_server_add_service; lives as long
  * as self. */

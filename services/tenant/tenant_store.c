@@ -5,6 +5,7 @@
 #include "tenant_store.h"
 
 #include "kl_alloc.h"
+#include "kl_tenant_db.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +47,16 @@ static const kl_pg_migration_t s_migrations[] = {
         " ADD COLUMN moving boolean NOT NULL DEFAULT false;"
         "CREATE INDEX tenants_db_server ON tenant.tenants (db_server)"
         " WHERE isolation = 'database' AND status <> 'deleted'"},
+    /* Moves that a dead process can leave unsettled (docs/isolation.md,
+     * "Moves"): while moving, the target (model and server) so that a
+     * recovery can finish or undo it; after the switch, the model whose
+     * old copy is still to be removed. */
+    {3, "ALTER TABLE tenant.tenants"
+        " ADD COLUMN move_isolation text NOT NULL DEFAULT '',"
+        " ADD COLUMN move_db_server text NOT NULL DEFAULT '',"
+        " ADD COLUMN move_cleanup text NOT NULL DEFAULT '';"
+        "CREATE INDEX tenants_unsettled ON tenant.tenants (created_at, id)"
+        " WHERE moving OR move_cleanup <> ''"},
 };
 
 int
@@ -66,7 +77,10 @@ tenant_store_migrate(kl_pg_t *pg, kl_status_t *status)
         "updated_at") ", " S_TS("status_changed_at") ", (extract(epoch FROM "            \
                                                      "created_at) * 1000000)"            \
                                                      "::bigint, db_server, "             \
-                                                     "db_name, moving"
+                                                     "db_name, moving, "                 \
+                                                     "move_isolation, "                  \
+                                                     "move_db_server, "                  \
+                                                     "move_cleanup"
 
 #define S_KEY_COLS "id, tenant_id::text, name, " S_TS("created_at")
 
@@ -92,6 +106,9 @@ s_tenant_from(const PGresult *res, int row, tenant_row_t *t)
     s_copy(t->db_server, sizeof t->db_server, res, row, 10);
     s_copy(t->db_name, sizeof t->db_name, res, row, 11);
     t->moving = strcmp(PQgetvalue(res, row, 12), "t") == 0;
+    s_copy(t->move_isolation, sizeof t->move_isolation, res, row, 13);
+    s_copy(t->move_db_server, sizeof t->move_db_server, res, row, 14);
+    s_copy(t->move_cleanup, sizeof t->move_cleanup, res, row, 15);
 }
 
 static void
@@ -504,8 +521,9 @@ tenant_store_purge(kl_pg_t *pg, const char *id, kl_status_t *status)
 }
 
 int
-tenant_store_set_moving(kl_pg_t *pg, const char *id, bool moving,
-                        tenant_row_t *out, kl_status_t *status)
+tenant_store_move_begin(kl_pg_t *pg, const char *id, const char *isolation,
+                        const char *db_server, tenant_row_t *out,
+                        kl_status_t *status)
 {
     int rc = kl_pg_begin(pg, status);
     if (rc < 0)
@@ -513,13 +531,15 @@ tenant_store_set_moving(kl_pg_t *pg, const char *id, bool moving,
     rc = s_lock_live(pg, id, status);
     PGresult *res = NULL;
     if (rc == 0) {
-        /* Only one move at a time: setting the flag twice is refused. */
-        res = kl_pg_query(pg, "tenant_set_moving",
-                          "UPDATE tenant.tenants SET moving = $2::boolean,"
+        /* Only one move at a time, and none while the old copy of the last
+         * one is still to be removed. */
+        res = kl_pg_query(pg, "tenant_move_begin",
+                          "UPDATE tenant.tenants SET moving = true,"
+                          " move_isolation = $2, move_db_server = $3,"
                           " updated_at = now() WHERE id = $1"
-                          " AND (moving <> $2::boolean OR NOT $2::boolean)"
+                          " AND NOT moving AND move_cleanup = ''"
                           " RETURNING " S_TENANT_COLS,
-                          2, (const char *const[]){id, moving ? "t" : "f"},
+                          3, (const char *const[]){id, isolation, db_server},
                           status);
         if (!res)
             rc = s_code(status);
@@ -530,24 +550,21 @@ tenant_store_set_moving(kl_pg_t *pg, const char *id, bool moving,
             s_tenant_from(res, 0, out);
         PQclear(res);
     }
-    if (rc < 0) {
-        kl_pg_rollback(pg);
-        return rc;
-    }
-    return kl_pg_commit(pg, status);
+    return s_finish(pg, rc, status);
 }
 
 int
-tenant_store_set_placement(kl_pg_t *pg, const char *id, const char *isolation,
-                           const char *db_server, const char *db_name,
-                           tenant_row_t *out, kl_status_t *status)
+tenant_store_move_abort(kl_pg_t *pg, const char *id, tenant_row_t *out,
+                        kl_status_t *status)
 {
+    /* No check of the status: a tenant deleted during its move must not
+     * stay "moving" for ever. */
     PGresult *res = kl_pg_query(
-        pg, "tenant_set_placement",
-        "UPDATE tenant.tenants SET isolation = $2, db_server = $3,"
-        " db_name = $4, moving = false, updated_at = now() WHERE id = $1"
+        pg, "tenant_move_abort",
+        "UPDATE tenant.tenants SET moving = false, move_isolation = '',"
+        " move_db_server = '', updated_at = now() WHERE id = $1"
         " RETURNING " S_TENANT_COLS,
-        4, (const char *const[]){id, isolation, db_server, db_name}, status);
+        1, (const char *const[]){id}, status);
     if (!res)
         return s_code(status);
     int rc = 0;
@@ -557,6 +574,151 @@ tenant_store_set_placement(kl_pg_t *pg, const char *id, const char *isolation,
         s_tenant_from(res, 0, out);
     PQclear(res);
     return rc;
+}
+
+/* The body of tenant_store_move_switch, inside its transaction. */
+static int
+s_switch_tx(kl_pg_t *pg, const char *id, const char *isolation,
+            const char *db_server, const char *db_name, bool fence,
+            const char *lock_pid, tenant_row_t *out, kl_status_t *status)
+{
+    PGresult *res = kl_pg_query(pg, "tenant_move_lock_row",
+                                "SELECT moving, move_isolation, move_db_server"
+                                " FROM tenant.tenants WHERE id = $1 FOR UPDATE",
+                                1, (const char *const[]){id}, status);
+    if (!res)
+        return s_code(status);
+    int rc = 0;
+    if (PQntuples(res) == 0)
+        rc = kl_status_set(status, KL_NOT_FOUND, "tenant %s not found", id);
+    else if (strcmp(PQgetvalue(res, 0, 0), "t") != 0 ||
+             strcmp(PQgetvalue(res, 0, 1), isolation) != 0 ||
+             strcmp(PQgetvalue(res, 0, 2), db_server) != 0)
+        rc = kl_status_set(status, KL_ABORTED,
+                           "tenant %s is no longer being moved to %s", id,
+                           isolation);
+    PQclear(res);
+    if (rc < 0)
+        return rc;
+    /* The mover's session must still hold the tenant's move lock: if it
+     * was lost (the session ended), writes may have gone to the old copy
+     * since, and the move must not switch. A bigint advisory key shows in
+     * pg_locks as its high half in classid and its low half in objid. */
+    res = kl_pg_query(
+        pg, "tenant_move_lock_held",
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks l"
+        " WHERE l.locktype = 'advisory' AND l.pid = $2::int AND l.granted"
+        " AND l.mode = 'ExclusiveLock' AND l.objsubid = 1"
+        " AND ((l.classid::bigint << 32) | l.objid::bigint) ="
+        " " KL_TENANT_LOCK_SQL("$1::text") ")",
+        2, (const char *const[]){id, lock_pid}, status);
+    if (!res)
+        return s_code(status);
+    if (strcmp(PQgetvalue(res, 0, 0), "t") != 0)
+        rc = kl_status_set(status, KL_ABORTED,
+                           "the move lock of tenant %s was lost", id);
+    PQclear(res);
+    if (rc < 0)
+        return rc;
+    if (fence) {
+        res = kl_pg_query(pg, "tenant_move_fence",
+                          "INSERT INTO " KL_TENANT_FENCE_TABLE
+                          " (tenant_id, isolation) VALUES ($1, $2)"
+                          " ON CONFLICT (tenant_id) DO UPDATE SET"
+                          " isolation = EXCLUDED.isolation, moved_at = now()",
+                          2, (const char *const[]){id, isolation}, status);
+        if (!res)
+            return s_code(status);
+        PQclear(res);
+    }
+    /* In SET, "isolation" on the right-hand side is the old model: its
+     * copy is the one left to remove. */
+    res = kl_pg_query(
+        pg, "tenant_move_switch",
+        "UPDATE tenant.tenants SET move_cleanup = isolation,"
+        " isolation = $2, db_server = $3, db_name = $4, moving = false,"
+        " move_isolation = '', move_db_server = '', updated_at = now()"
+        " WHERE id = $1 RETURNING " S_TENANT_COLS,
+        4, (const char *const[]){id, isolation, db_server, db_name}, status);
+    if (!res)
+        return s_code(status);
+    s_tenant_from(res, 0, out);
+    PQclear(res);
+    return 0;
+}
+
+int
+tenant_store_move_switch(kl_pg_t *pg, const char *id, const char *isolation,
+                         const char *db_server, const char *db_name, bool fence,
+                         int lock_pid, tenant_row_t *out, kl_status_t *status)
+{
+    char pid[16];
+    snprintf(pid, sizeof pid, "%d", lock_pid);
+    int rc = kl_pg_begin(pg, status);
+    if (rc < 0)
+        return rc;
+    rc = s_switch_tx(pg, id, isolation, db_server ? db_server : "",
+                     db_name ? db_name : "", fence, pid, out, status);
+    return s_finish(pg, rc, status);
+}
+
+int
+tenant_store_move_cleaned(kl_pg_t *pg, const char *id, kl_status_t *status)
+{
+    PGresult *res = kl_pg_query(pg, "tenant_move_cleaned",
+                                "UPDATE tenant.tenants SET move_cleanup = ''"
+                                " WHERE id = $1",
+                                1, (const char *const[]){id}, status);
+    if (!res)
+        return s_code(status);
+    PQclear(res);
+    return 0;
+}
+
+int
+tenant_store_unsettled(kl_pg_t *pg, tenant_row_t **rows, size_t *n,
+                       kl_status_t *status)
+{
+    *rows = NULL;
+    *n = 0;
+    PGresult *res = kl_pg_query(pg, "tenant_unsettled",
+                                "SELECT " S_TENANT_COLS " FROM tenant.tenants"
+                                " WHERE moving OR move_cleanup <> ''"
+                                " ORDER BY created_at, id",
+                                0, NULL, status);
+    if (!res)
+        return s_code(status);
+    size_t count = (size_t)PQntuples(res);
+    *rows = kl_calloc(count ? count : 1, sizeof **rows);
+    for (size_t i = 0; i < count; i++)
+        s_tenant_from(res, (int)i, &(*rows)[i]);
+    *n = count;
+    PQclear(res);
+    return 0;
+}
+
+int
+tenant_store_may_fence(kl_pg_t *pg, bool *out, kl_status_t *status)
+{
+    /* By oid, so that a schema this role may not use is an answer (false)
+     * rather than an error. ON CONFLICT DO UPDATE needs SELECT as well. */
+    PGresult *res = kl_pg_query(
+        pg, "tenant_may_fence",
+        "SELECT coalesce((SELECT"
+        " pg_catalog.has_schema_privilege(n.oid, 'USAGE')"
+        " AND pg_catalog.has_table_privilege(c.oid, 'SELECT')"
+        " AND pg_catalog.has_table_privilege(c.oid, 'INSERT')"
+        " AND pg_catalog.has_table_privilege(c.oid, 'UPDATE')"
+        " FROM pg_catalog.pg_class c"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname || '.' || c.relname = '" KL_TENANT_FENCE_TABLE "'),"
+        " false)",
+        0, NULL, status);
+    if (!res)
+        return s_code(status);
+    *out = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    return 0;
 }
 
 int

@@ -36,10 +36,14 @@ typedef struct {
     char created_at[32];
     char updated_at[32];
     char status_changed_at[32];
-    int64_t created_usec; /* created_at in µs since the epoch (page keys) */
-    char db_server[64];   /* database model: server name; else "" */
-    char db_name[64];     /* database model: "kowloon_t_<hex>"; else "" */
-    bool moving;          /* a move is under way */
+    int64_t created_usec;    /* created_at in µs since the epoch (page keys) */
+    char db_server[64];      /* database model: server name; else "" */
+    char db_name[64];        /* database model: "kowloon_t_<hex>"; else "" */
+    bool moving;             /* a move is under way */
+    char move_isolation[16]; /* while moving: the target model; else "" */
+    char move_db_server[64]; /* while moving to a database: its server */
+    char move_cleanup[16];   /* after a switch: the model whose old copy is
+                                still to be removed; else "" */
 } tenant_row_t;
 
 /* One API key (never its secret). */
@@ -64,16 +68,41 @@ int tenant_store_create(kl_pg_t *pg, const char *subdomain, const char *name,
  * key yet). */
 int tenant_store_purge(kl_pg_t *pg, const char *id, kl_status_t *status);
 
-/* Sets or clears the moving flag of a live tenant; setting it when set is
- * FAILED_PRECONDITION "tenant <id> is already being moved". */
-int tenant_store_set_moving(kl_pg_t *pg, const char *id, bool moving,
-                            tenant_row_t *out, kl_status_t *status);
+/* Marks a live tenant moving to isolation (db_server: the database
+ * model's server, else ""). FAILED_PRECONDITION "tenant <id> is already
+ * being moved" when it is moving, or the old copy of its last move is
+ * still to be removed. */
+int tenant_store_move_begin(kl_pg_t *pg, const char *id, const char *isolation,
+                            const char *db_server, tenant_row_t *out,
+                            kl_status_t *status);
 
-/* The tenant's new placement, and moving cleared. */
-int tenant_store_set_placement(kl_pg_t *pg, const char *id,
-                               const char *isolation, const char *db_server,
-                               const char *db_name, tenant_row_t *out,
-                               kl_status_t *status);
+/* Clears moving and the target: the move was undone (any status). */
+int tenant_store_move_abort(kl_pg_t *pg, const char *id, tenant_row_t *out,
+                            kl_status_t *status);
+
+/* The switch, in one transaction: checks that the tenant is still moving
+ * to exactly (isolation, db_server) and that session lock_pid still holds
+ * the tenant's move lock exclusive (ABORTED otherwise); with fence, records
+ * isolation in the placement fence (KL_TENANT_FENCE_TABLE: this
+ * connection's role must be allowed to, see tenant_store_may_fence); makes
+ * (isolation, db_server, db_name) the placement of record, clears moving
+ * and the target, and sets move_cleanup to the old model. */
+int tenant_store_move_switch(kl_pg_t *pg, const char *id, const char *isolation,
+                             const char *db_server, const char *db_name,
+                             bool fence, int lock_pid, tenant_row_t *out,
+                             kl_status_t *status);
+
+/* Clears move_cleanup: the old copy is gone. */
+int tenant_store_move_cleaned(kl_pg_t *pg, const char *id, kl_status_t *status);
+
+/* Every tenant (deleted ones too) that is moving or has an old copy to
+ * remove, oldest first; *rows (caller frees). */
+int tenant_store_unsettled(kl_pg_t *pg, tenant_row_t **rows, size_t *n,
+                           kl_status_t *status);
+
+/* Whether this connection's role may write the placement fence (USAGE on
+ * its schema; SELECT, INSERT and UPDATE on its table). */
+int tenant_store_may_fence(kl_pg_t *pg, bool *out, kl_status_t *status);
 
 /* Live database-model tenants on server. */
 int tenant_store_count_by_server(kl_pg_t *pg, const char *server, int64_t *n,

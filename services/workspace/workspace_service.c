@@ -2,7 +2,10 @@
  * workspace_service: the handlers of kowloon.workspace.WorkspaceService.
  * Each takes the tenant from the call context, validates its request,
  * opens a tenant-scoped transaction on the worker's connection, calls
- * workspace_store, commits, publishes a change event, and answers.
+ * workspace_store, commits, publishes a change event, and answers. Reads
+ * of a single statement (GetProject, ListProjects, GetTask,
+ * AdvancedReports) skip the open transaction: each statement is one
+ * tenant-scoped read of one round trip (kl_tenant_read).
  */
 #include "workspace_service.h"
 
@@ -138,6 +141,40 @@ s_begin_ex(void *closure_data, s_worker_t **w, unsigned flags,
         workspace_placement_drop(self->placement, tenant_id);
     }
     return rc;
+}
+
+/* For a read of one statement: the caller's tenant and its placement
+ * (into *place, which *db points at), for kl_tenant_read on the worker's
+ * connections. */
+static int
+s_read_place(void *closure_data, kl_tenant_place_t *place, workspace_db_t *db,
+             kl_status_t *status)
+{
+    const char *tenant_id = NULL;
+    int rc = s_tenant(closure_data, &tenant_id, status);
+    if (rc < 0)
+        return rc;
+    s_worker_t *w = s_worker(closure_data);
+    rc = workspace_placement_get(w->self->placement, tenant_id, place, status);
+    if (rc < 0)
+        return rc;
+    *db = (workspace_db_t){.tdb = w->tdb, .place = place};
+    return 0;
+}
+
+/* After a read through s_read_place: whether to read once more because the
+ * database refused a stale placement, as s_begin_ex asks again (the cached
+ * placement is dropped first). */
+static bool
+s_read_again(void *closure_data, int rc, const kl_status_t *status,
+             int *attempt)
+{
+    if (rc == 0 || (*attempt)++ > 0 ||
+        strcmp(status->message, "tenant placement changed, retry") != 0)
+        return false;
+    workspace_placement_drop(s_worker(closure_data)->self->placement,
+                             s_ctx(closure_data)->tenant_id);
+    return true;
 }
 
 static int
@@ -401,17 +438,20 @@ s_get_project(Kowloon__Workspace__WorkspaceService_Service *svc,
               const Kowloon__Workspace__ProjectRef *in,
               Kowloon__Workspace__Project_Closure closure, void *closure_data)
 {
-    s_worker_t *w = NULL;
     workspace_rows_t rows = {0};
+    kl_tenant_place_t place;
+    workspace_db_t db;
     kl_status_t st;
     int rc = s_tenant(closure_data, &(const char *){NULL}, &st);
     if (rc == 0)
         rc = kl_valid_check_uuid("id", in->id, &st);
-    if (rc == 0)
-        rc = s_begin_read(closure_data, &w, &st);
-    if (rc == 0) {
-        rc = workspace_store_project_get(w->pg, in->id, &rows, &st);
-        rc = s_end(w, rc, &st);
+    for (int attempt = 0; rc == 0;) {
+        rc = s_read_place(closure_data, &place, &db, &st);
+        if (rc == 0)
+            rc = workspace_store_project_get(&db, in->id, &rows, &st);
+        if (!s_read_again(closure_data, rc, &st, &attempt))
+            break;
+        rc = 0;
     }
     s_answer_project(closure_data, "GetProject", rc, &st, &rows, closure);
 }
@@ -422,9 +462,10 @@ s_list_projects(Kowloon__Workspace__WorkspaceService_Service *svc,
                 Kowloon__Workspace__ListProjectsResponse_Closure closure,
                 void *closure_data)
 {
-    s_worker_t *w = NULL;
     workspace_rows_t rows = {0};
     workspace_page_t page = {0};
+    kl_tenant_place_t place;
+    workspace_db_t db;
     char after_id[37];
     bool more = false;
     kl_status_t st;
@@ -434,11 +475,13 @@ s_list_projects(Kowloon__Workspace__WorkspaceService_Service *svc,
                                       &page.limit, &st);
     if (rc == 0)
         rc = s_token_decode(in->page_token, &page, after_id, &st);
-    if (rc == 0)
-        rc = s_begin_read(closure_data, &w, &st);
-    if (rc == 0) {
-        rc = workspace_store_project_list(w->pg, &page, &rows, &more, &st);
-        rc = s_end(w, rc, &st);
+    for (int attempt = 0; rc == 0;) {
+        rc = s_read_place(closure_data, &place, &db, &st);
+        if (rc == 0)
+            rc = workspace_store_project_list(&db, &page, &rows, &more, &st);
+        if (!s_read_again(closure_data, rc, &st, &attempt))
+            break;
+        rc = 0;
     }
     if (rc < 0) {
         workspace_store_rows_free(&rows);
@@ -584,18 +627,21 @@ s_get_task(Kowloon__Workspace__WorkspaceService_Service *svc,
            const Kowloon__Workspace__TaskRef *in,
            Kowloon__Workspace__Task_Closure closure, void *closure_data)
 {
-    s_worker_t *w = NULL;
     workspace_rows_t rows = {0};
+    kl_tenant_place_t place;
+    workspace_db_t db;
     kl_status_t st;
     int rc = s_tenant(closure_data, &(const char *){NULL}, &st);
     if (rc == 0)
         rc = s_check_task_ref(in->project_id, in->id, &st);
-    if (rc == 0)
-        rc = s_begin_read(closure_data, &w, &st);
-    if (rc == 0) {
-        rc =
-            workspace_store_task_get(w->pg, in->project_id, in->id, &rows, &st);
-        rc = s_end(w, rc, &st);
+    for (int attempt = 0; rc == 0;) {
+        rc = s_read_place(closure_data, &place, &db, &st);
+        if (rc == 0)
+            rc = workspace_store_task_get(&db, in->project_id, in->id, &rows,
+                                          &st);
+        if (!s_read_again(closure_data, rc, &st, &attempt))
+            break;
+        rc = 0;
     }
     s_answer_task(closure_data, "GetTask", rc, &st, &rows, closure);
 }
@@ -740,7 +786,8 @@ s_export(Kowloon__Workspace__WorkspaceService_Service *svc,
     if (rc == 0) {
         /* One transaction: the page's tasks are those of its projects as
          * they were when the page was read. */
-        rc = workspace_store_project_list(w->pg, &page, &projects, &more, &st);
+        rc = workspace_store_project_list(&(workspace_db_t){.pg = w->pg}, &page,
+                                          &projects, &more, &st);
         if (rc == 0 && projects.n > 0) {
             const char **ids = kl_calloc(projects.n, sizeof *ids);
             for (size_t i = 0; i < projects.n; i++)
@@ -815,13 +862,18 @@ s_advanced_reports(Kowloon__Workspace__WorkspaceService_Service *svc,
                    Kowloon__Workspace__Reports_Closure closure,
                    void *closure_data)
 {
-    s_worker_t *w = NULL;
     workspace_rows_t rows = {0};
+    kl_tenant_place_t place;
+    workspace_db_t db;
     kl_status_t st;
-    int rc = s_begin_read(closure_data, &w, &st);
-    if (rc == 0) {
-        rc = workspace_store_reports(w->pg, &rows, &st);
-        rc = s_end(w, rc, &st);
+    int rc = 0;
+    for (int attempt = 0; rc == 0;) {
+        rc = s_read_place(closure_data, &place, &db, &st);
+        if (rc == 0)
+            rc = workspace_store_reports(&db, &rows, &st);
+        if (!s_read_again(closure_data, rc, &st, &attempt))
+            break;
+        rc = 0;
     }
     if (rc < 0) {
         workspace_store_rows_free(&rows);

@@ -3,10 +3,11 @@
  * prepared once per connection (kl_pg_query) under a "workspace_" name and
  * carries no tenant condition of its own: the row-level security policies
  * add it, from the transaction's app.tenant_id. No statement names a
- * schema either: the tenant-scoped transaction (kl_tenant_tx_begin) sets
- * search_path to the tenant's schema in whichever isolation model, and
- * PostgreSQL re-plans a prepared statement when search_path changes. The
- * tables themselves come from the versioned files in migrations/.
+ * schema either: the tenant-scoped transaction (kl_tenant_tx_begin, or
+ * kl_tenant_read's one-round-trip transaction) sets search_path to the
+ * tenant's schema in whichever isolation model, and PostgreSQL re-plans a
+ * prepared statement when search_path changes. The tables themselves come
+ * from the versioned files in migrations/.
  */
 #include "workspace_store.h"
 
@@ -233,6 +234,18 @@ s_tasks(PGresult *res, size_t n, workspace_rows_t *out)
     }
 }
 
+/* Runs one statement where db says: in the open transaction, or as one
+ * tenant-scoped read. As kl_pg_query. */
+static PGresult *
+s_query(const workspace_db_t *db, const char *name, const char *sql,
+        int nparams, const char *const *params, kl_status_t *status)
+{
+    if (db->pg)
+        return kl_pg_query(db->pg, name, sql, nparams, params, status);
+    return kl_tenant_read(db->tdb, db->place, name, sql, nparams, params,
+                          status);
+}
+
 /* One row or NOT_FOUND "<what> <id> not found"; takes res. */
 static int
 s_one(PGresult *res, bool project, const char *what, const char *id,
@@ -249,20 +262,22 @@ s_one(PGresult *res, bool project, const char *what, const char *id,
     return 0;
 }
 
-/* NOT_FOUND "project <id> not found" unless the tenant has it. */
+/* NOT_FOUND "project <id> not found" unless the tenant has it. lock
+ * needs an open transaction (db->pg). */
 static int
-s_project_exists(kl_pg_t *pg, const char *id, bool lock, kl_status_t *status)
+s_project_exists(const workspace_db_t *db, const char *id, bool lock,
+                 kl_status_t *status)
 {
     const char *params[] = {id};
     /* FOR KEY SHARE keeps the project from being deleted until the
      * transaction ends, so a task is never added to a vanishing one. */
-    PGresult *res = lock ? kl_pg_query(pg, "workspace_project_lock",
+    PGresult *res = lock ? kl_pg_query(db->pg, "workspace_project_lock",
                                        "SELECT 1 FROM projects WHERE id = $1"
                                        " FOR KEY SHARE",
                                        1, params, status)
-                         : kl_pg_query(pg, "workspace_project_exists",
-                                       "SELECT 1 FROM projects WHERE id = $1",
-                                       1, params, status);
+                         : s_query(db, "workspace_project_exists",
+                                   "SELECT 1 FROM projects WHERE id = $1", 1,
+                                   params, status);
     if (!res)
         return -(int)status->code;
     int rc = PQntuples(res) == 0 ? kl_status_set(status, KL_NOT_FOUND,
@@ -292,21 +307,22 @@ workspace_store_project_create(kl_pg_t *pg, const char *name,
 }
 
 int
-workspace_store_project_get(kl_pg_t *pg, const char *id, workspace_rows_t *out,
-                            kl_status_t *status)
+workspace_store_project_get(const workspace_db_t *db, const char *id,
+                            workspace_rows_t *out, kl_status_t *status)
 {
     const char *params[] = {id};
     PGresult *res =
-        kl_pg_query(pg, "workspace_project_get",
-                    "SELECT " S_PROJECT_COLS " FROM projects WHERE id = $1", 1,
-                    params, status);
+        s_query(db, "workspace_project_get",
+                "SELECT " S_PROJECT_COLS " FROM projects WHERE id = $1", 1,
+                params, status);
     if (!res)
         return -(int)status->code;
     return s_one(res, true, "project", id, out, status);
 }
 
 int
-workspace_store_project_list(kl_pg_t *pg, const workspace_page_t *page,
+workspace_store_project_list(const workspace_db_t *db,
+                             const workspace_page_t *page,
                              workspace_rows_t *out, bool *more,
                              kl_status_t *status)
 {
@@ -315,12 +331,11 @@ workspace_store_project_list(kl_pg_t *pg, const workspace_page_t *page,
     snprintf(usec, sizeof usec, "%lld", (long long)page->after_usec);
     const char *params[] = {limit, page->after ? usec : NULL,
                             page->after ? page->after_id : NULL};
-    PGresult *res =
-        kl_pg_query(pg, "workspace_project_list",
-                    "SELECT " S_PROJECT_COLS " FROM projects"
-                    " WHERE $2::bigint IS NULL OR " S_AFTER(
-                        "2", "3") " ORDER BY created_at, id LIMIT $1",
-                    3, params, status);
+    PGresult *res = s_query(db, "workspace_project_list",
+                            "SELECT " S_PROJECT_COLS " FROM projects"
+                            " WHERE $2::bigint IS NULL OR " S_AFTER(
+                                "2", "3") " ORDER BY created_at, id LIMIT $1",
+                            3, params, status);
     if (!res)
         return -(int)status->code;
     size_t n = (size_t)PQntuples(res);
@@ -370,7 +385,8 @@ workspace_store_task_create(kl_pg_t *pg, const char *project_id,
                             const char *title, const char *notes,
                             workspace_rows_t *out, kl_status_t *status)
 {
-    int rc = s_project_exists(pg, project_id, true, status);
+    int rc =
+        s_project_exists(&(workspace_db_t){.pg = pg}, project_id, true, status);
     if (rc < 0)
         return rc;
     const char *params[] = {project_id, title, notes ? notes : ""};
@@ -386,39 +402,43 @@ workspace_store_task_create(kl_pg_t *pg, const char *project_id,
 
 /* After a task statement matched nothing: which of the two is missing. */
 static int
-s_task_missing(kl_pg_t *pg, const char *project_id, const char *id,
+s_task_missing(const workspace_db_t *db, const char *project_id, const char *id,
                kl_status_t *status)
 {
-    int rc = s_project_exists(pg, project_id, false, status);
+    int rc = s_project_exists(db, project_id, false, status);
     if (rc < 0)
         return rc;
     return kl_status_set(status, KL_NOT_FOUND, "task %s not found", id);
 }
 
 static int
-s_task_one(kl_pg_t *pg, PGresult *res, const char *project_id, const char *id,
-           workspace_rows_t *out, kl_status_t *status)
+s_task_one(const workspace_db_t *db, PGresult *res, const char *project_id,
+           const char *id, workspace_rows_t *out, kl_status_t *status)
 {
     if (PQntuples(res) == 0) {
         PQclear(res);
-        return s_task_missing(pg, project_id, id, status);
+        return s_task_missing(db, project_id, id, status);
     }
     s_tasks(res, 1, out);
     return 0;
 }
 
 int
-workspace_store_task_get(kl_pg_t *pg, const char *project_id, const char *id,
-                         workspace_rows_t *out, kl_status_t *status)
+workspace_store_task_get(const workspace_db_t *db, const char *project_id,
+                         const char *id, workspace_rows_t *out,
+                         kl_status_t *status)
 {
     const char *params[] = {project_id, id};
-    PGresult *res = kl_pg_query(pg, "workspace_task_get",
-                                "SELECT " S_TASK_COLS " FROM tasks"
-                                " WHERE project_id = $1 AND id = $2",
-                                2, params, status);
+    PGresult *res = s_query(db, "workspace_task_get",
+                            "SELECT " S_TASK_COLS " FROM tasks"
+                            " WHERE project_id = $1 AND id = $2",
+                            2, params, status);
     if (!res)
         return -(int)status->code;
-    return s_task_one(pg, res, project_id, id, out, status);
+    /* Not found: a second statement tells which of the two is missing.
+     * Outside a transaction it reads a later snapshot than the first, as
+     * every statement of a READ COMMITTED transaction does anyway. */
+    return s_task_one(db, res, project_id, id, out, status);
 }
 
 int
@@ -426,7 +446,8 @@ workspace_store_task_list(kl_pg_t *pg, const char *project_id,
                           const workspace_page_t *page, workspace_rows_t *out,
                           bool *more, kl_status_t *status)
 {
-    int rc = s_project_exists(pg, project_id, false, status);
+    int rc = s_project_exists(&(workspace_db_t){.pg = pg}, project_id, false,
+                              status);
     if (rc < 0)
         return rc;
     char limit[16], usec[24];
@@ -467,7 +488,8 @@ workspace_store_task_update(kl_pg_t *pg, const char *project_id, const char *id,
         5, params, status);
     if (!res)
         return -(int)status->code;
-    return s_task_one(pg, res, project_id, id, out, status);
+    return s_task_one(&(workspace_db_t){.pg = pg}, res, project_id, id, out,
+                      status);
 }
 
 int
@@ -483,7 +505,9 @@ workspace_store_task_delete(kl_pg_t *pg, const char *project_id, const char *id,
         return -(int)status->code;
     bool none = strcmp(PQcmdTuples(res), "0") == 0;
     PQclear(res);
-    return none ? s_task_missing(pg, project_id, id, status) : 0;
+    return none ? s_task_missing(&(workspace_db_t){.pg = pg}, project_id, id,
+                                 status)
+                : 0;
 }
 
 int
@@ -515,16 +539,17 @@ workspace_store_tasks_of(kl_pg_t *pg, const char *const *project_ids, size_t n,
 }
 
 int
-workspace_store_reports(kl_pg_t *pg, workspace_rows_t *out, kl_status_t *status)
+workspace_store_reports(const workspace_db_t *db, workspace_rows_t *out,
+                        kl_status_t *status)
 {
     PGresult *res =
-        kl_pg_query(pg, "workspace_reports",
-                    "SELECT p.id::text, p.name, count(t.id),"
-                    " count(t.id) FILTER (WHERE t.done)"
-                    " FROM projects p LEFT JOIN tasks t"
-                    " ON t.tenant_id = p.tenant_id AND t.project_id = p.id"
-                    " GROUP BY p.tenant_id, p.id ORDER BY p.created_at, p.id",
-                    0, NULL, status);
+        s_query(db, "workspace_reports",
+                "SELECT p.id::text, p.name, count(t.id),"
+                " count(t.id) FILTER (WHERE t.done)"
+                " FROM projects p LEFT JOIN tasks t"
+                " ON t.tenant_id = p.tenant_id AND t.project_id = p.id"
+                " GROUP BY p.tenant_id, p.id ORDER BY p.created_at, p.id",
+                0, NULL, status);
     if (!res)
         return -(int)status->code;
     size_t n = (size_t)PQntuples(res);

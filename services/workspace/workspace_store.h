@@ -13,7 +13,9 @@
  *
  * Data functions run inside a tenant-scoped transaction opened by the
  * caller (kl_tenant_tx_begin) on a connection of the application role,
- * which sets search_path and app.tenant_id. No statement names a tenant or
+ * which sets search_path and app.tenant_id; the reads that take a
+ * workspace_db_t may instead run each statement as its own tenant-scoped
+ * read of one round trip (kl_tenant_read). No statement names a tenant or
  * a schema: the policies filter every read and check every write against
  * app.tenant_id, so another tenant's rows are invisible and
  * indistinguishable from rows that do not exist. Inputs are validated by
@@ -29,6 +31,7 @@
 
 #include "kl_code.h"
 #include "kl_pg.h"
+#include "kl_tenant_db.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -112,13 +115,27 @@ int workspace_store_check(kl_pg_t *app, const char *schema,
 
 /* --- data: inside a tenant-scoped transaction ---------------------------- */
 
+/* Where a read's statements run: in the caller's open tenant-scoped
+ * transaction (pg), or, with pg NULL, each as one kl_tenant_read on tdb
+ * for place (BEGIN READ ONLY, scope, statement and COMMIT in one round
+ * trip; its UNAVAILABLE "tenant placement changed, retry" comes back as
+ * is). The reads below that take one run a single statement, except when
+ * a task is not found (a second one tells which of project and task is
+ * missing). */
+typedef struct {
+    kl_pg_t *pg;                    /* the open transaction, or NULL */
+    kl_tenant_db_t *tdb;            /* with pg NULL: the worker's */
+    const kl_tenant_place_t *place; /* with pg NULL: the tenant's */
+} workspace_db_t;
+
 int workspace_store_project_create(kl_pg_t *pg, const char *name,
                                    const char *description,
                                    workspace_rows_t *out, kl_status_t *status);
-int workspace_store_project_get(kl_pg_t *pg, const char *id,
+int workspace_store_project_get(const workspace_db_t *db, const char *id,
                                 workspace_rows_t *out, kl_status_t *status);
 /* Up to page->limit projects; *more whether more follow. */
-int workspace_store_project_list(kl_pg_t *pg, const workspace_page_t *page,
+int workspace_store_project_list(const workspace_db_t *db,
+                                 const workspace_page_t *page,
                                  workspace_rows_t *out, bool *more,
                                  kl_status_t *status);
 /* name, description: NULL leaves the column unchanged. */
@@ -133,7 +150,7 @@ int workspace_store_project_delete(kl_pg_t *pg, const char *id,
 int workspace_store_task_create(kl_pg_t *pg, const char *project_id,
                                 const char *title, const char *notes,
                                 workspace_rows_t *out, kl_status_t *status);
-int workspace_store_task_get(kl_pg_t *pg, const char *project_id,
+int workspace_store_task_get(const workspace_db_t *db, const char *project_id,
                              const char *id, workspace_rows_t *out,
                              kl_status_t *status);
 int workspace_store_task_list(kl_pg_t *pg, const char *project_id,
@@ -156,7 +173,7 @@ int workspace_store_tasks_of(kl_pg_t *pg, const char *const *project_ids,
 
 /* Per project (in creation order): its task count and done count. One
  * query. */
-int workspace_store_reports(kl_pg_t *pg, workspace_rows_t *out,
+int workspace_store_reports(const workspace_db_t *db, workspace_rows_t *out,
                             kl_status_t *status);
 
 #endif

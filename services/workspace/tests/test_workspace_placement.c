@@ -98,6 +98,44 @@ test_ttl_and_capacity(void **state)
     workspace_placement_destroy(&p);
 }
 
+/* Many tenants: each answered with its own placement, asked once while
+ * cached; one dropped among them is asked again, the others are not; past
+ * the bound every tenant is still answered right. */
+static void
+test_many_tenants(void **state)
+{
+    (void)state;
+    enum { N = 3000 };
+    s_source_t src = {.iso = KL_ISOLATION_SCHEMA};
+    workspace_placement_opts_t opts = {
+        .fn = s_source, .fn_arg = &src, .ttl_ms = 600000, .max_entries = N};
+    workspace_placement_t *p = workspace_placement_new(&opts);
+    static char ids[N + 500][37];
+    for (int i = 0; i < N + 500; i++)
+        snprintf(ids[i], sizeof ids[i], "%08x-0000-4000-8000-%012x",
+                 (unsigned)i * 2654435761u, (unsigned)i);
+    kl_tenant_place_t out;
+    kl_status_t st;
+    for (int round = 0; round < 2; round++)
+        for (int i = 0; i < N; i++) {
+            assert_int_equal(workspace_placement_get(p, ids[i], &out, &st), 0);
+            assert_string_equal(out.tenant_id, ids[i]);
+            assert_int_equal(strncmp(out.schema + 2, ids[i], 8), 0);
+        }
+    assert_int_equal(src.calls, N);
+    workspace_placement_drop(p, ids[1234]);
+    for (int i = 0; i < N; i++)
+        assert_int_equal(workspace_placement_get(p, ids[i], &out, &st), 0);
+    assert_int_equal(src.calls, N + 1);
+    /* 500 more than fit: each evicts one, every answer is still right. */
+    for (int i = 0; i < N + 500; i++) {
+        assert_int_equal(workspace_placement_get(p, ids[i], &out, &st), 0);
+        assert_string_equal(out.tenant_id, ids[i]);
+    }
+    assert_true(src.calls > N + 500);
+    workspace_placement_destroy(&p);
+}
+
 /* Without a source every tenant is in the row model. */
 static void
 test_row_only(void **state)
@@ -122,6 +160,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cached_then_dropped),
         cmocka_unit_test(test_ttl_and_capacity),
+        cmocka_unit_test(test_many_tenants),
         cmocka_unit_test(test_row_only),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
