@@ -30,6 +30,9 @@
 #   BENCH_KEEP_TMP=1 keeps the scratch dir (logs, wrk outputs, events)
 #   BENCH_PERF=1 profiles Kowloon's pass (perf record, first 4 s; an
 #                analysis run: perf's own CPU use lowers the figures)
+#   BENCH_PG_STATS=1 loads pg_stat_statements into Kowloon's PostgreSQL and
+#                prints its statements during the pass and during the drain
+#                (calls, total and mean time; statements per event)
 set -euo pipefail
 
 . "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib/common.sh"
@@ -148,6 +151,26 @@ bench_say "anchor: $A_RPS events/s, p50 $A_P50 ms, p99 $A_P99 ms; $A_WRONG of $T
 
 # --- 2. Kowloon ------------------------------------------------------------------
 kb_db_start
+if [ -n "${BENCH_PG_STATS:-}" ]; then
+    # pg_stat_statements must be preloaded: set it and restart the cluster
+    # (same options: pg_ctl restart reuses them).
+    kb_psql -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'" ||
+        bench_die "ALTER SYSTEM failed"
+    _kl_as_pg "$KL_PG_BIN/pg_ctl" -D "$BENCH_TMP/kowloon-pg/data" -w restart >/dev/null ||
+        bench_die "restarting PostgreSQL with pg_stat_statements failed"
+    kb_psql -c "CREATE EXTENSION pg_stat_statements" || bench_die "CREATE EXTENSION pg_stat_statements failed"
+fi
+# pg_stats LABEL: the statements since the last call (BENCH_PG_STATS only).
+pg_stats() {
+    [ -n "${BENCH_PG_STATS:-}" ] || return 0
+    bench_say "pg_stat_statements, $1 (calls | total ms | mean ms | per event | statement):"
+    kb_psql -F ' | ' -c "SELECT calls, round(total_exec_time::numeric, 1),
+        round(mean_exec_time::numeric, 3), round(calls::numeric / $EVENTS, 2),
+        left(regexp_replace(query, '\s+', ' ', 'g'), 90) FROM pg_stat_statements
+        WHERE query NOT LIKE '%pg_stat_statements%' ORDER BY total_exec_time DESC LIMIT 15" |
+        sed 's/^/    /' >&2
+    kb_psql -c "SELECT pg_stat_statements_reset()" >/dev/null
+}
 K_TENANT_ZMQ=$(kb_endpoint) K_FLAGS_ZMQ=$(kb_endpoint) K_BILLING_ZMQ=$(kb_endpoint)
 # Intake never calls Stripe: its API base is a private port nobody listens on
 # (a call would fail and show up as an error, not go anywhere).
@@ -204,6 +227,7 @@ code=$(head -n1 "$BENCH_TMP/kowloon-warm.txt" | cut -f2 | curl -s -o /dev/null -
 pass kowloon-warm "$K_URL" "$BASE" "$BENCH_TMP/kowloon-warm.txt" "$WARM_EVENTS"
 gen "$K_SECRET" "evt_run_$RUN_ID" cycle "$EVENTS" $((T0 - 60)) "$BENCH_TMP/kowloon-events.txt" "$BENCH_TMP/kowloon-expect.txt"
 ob0=$(kb_psql -c "SELECT count(*) FROM billing.outbox")
+[ -z "${BENCH_PG_STATS:-}" ] || kb_psql -c "SELECT pg_stat_statements_reset()" >/dev/null
 kb_cpu_begin gateway="$GW_PID" billing="$BILLING_PID" tenant="$TENANT_PID" flags="$FLAGS_PID" \
     postgres="$(kb_pg_pid "$BENCH_TMP/kowloon-pg")" redis="$(cat "$BENCH_TMP/kowloon-redis/redis.pid" 2>/dev/null || echo 0)"
 # shellcheck disable=SC2046 # one pid per PostgreSQL backend
@@ -214,6 +238,8 @@ K_CPU=$(kb_cpu_end)
 kb_perf_stop
 K_RPS=$EV_RPS K_SPAN=$EV_SPAN_S K_P50=$WRK_P50_MS K_P99=$WRK_P99_MS
 kb_alive
+PENDING_AFTER=$(kb_psql -c "SELECT count(*) FROM billing.outbox WHERE done_at IS NULL")
+pg_stats "the pass"
 
 # --- 3. Kowloon's effects ----------------------------------------------------------
 # The outbox drains (TenantService.Update per row), then: every event in the
@@ -229,6 +255,7 @@ for _ in $(seq 1 $((OUTBOX_WAIT * 10))); do
 done
 [ "$pending" = 0 ] || bench_die "$pending outbox rows still pending $OUTBOX_WAIT s after the pass"
 DRAIN_S=$(awk -v a="$t_drain0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+pg_stats "the drain"
 INBOX=$(kb_psql -c "SELECT count(*) FROM billing.events WHERE id LIKE 'evt_run_${RUN_ID}_%'")
 [ "$INBOX" = "$EVENTS" ] || bench_die "billing's inbox holds $INBOX of the $EVENTS events"
 OUTBOX=$(($(kb_psql -c "SELECT count(*) FROM billing.outbox") - ob0))
@@ -246,7 +273,7 @@ K_PASTDUE=$(awk '$2 == "past_due"' "$BENCH_TMP/kowloon-status.txt" | wc -l)
 OUTCOMES=$(kb_psql -F ' ' -c "SELECT count(*), regexp_replace(regexp_replace(outcome,
     '^invoice [^:]*: ?', ''), '(sub|in)_[A-Za-z0-9_]+', '<id>', 'g')
     FROM billing.events WHERE id LIKE 'evt_run_${RUN_ID}_%' GROUP BY 2 ORDER BY 1 DESC" | paste -sd ';')
-bench_say "kowloon: inbox $INBOX events; $OUTBOX outbox rows applied (drained ${DRAIN_S} s after the pass); tenants active $K_ACTIVE, past_due $K_PASTDUE, all as their last event implies"
+bench_say "kowloon: inbox $INBOX events; $OUTBOX outbox rows applied ($PENDING_AFTER still pending when the pass ended, drained ${DRAIN_S} s after it); tenants active $K_ACTIVE, past_due $K_PASTDUE, all as their last event implies"
 bench_say "kowloon: outcomes: $OUTCOMES"
 
 # --- report ----------------------------------------------------------------------
@@ -258,7 +285,7 @@ wrk:      -t$WRK_T -c$WRK_C, one pass of $EVENTS distinct signed invoice events 
 anchor:   $A_RPS events/s ($EVENTS in $A_SPAN s), p50 $A_P50 ms, p99 $A_P99 ms; $A_WRONG of $TENANTS tenants left in another status than their last event's; CPU (share of one core): $A_CPU
 kowloon:  $K_RPS events/s ($EVENTS in $K_SPAN s), p50 $K_P50 ms, p99 $K_P99 ms; CPU: $K_CPU
           outcomes: $OUTCOMES
-          inbox $INBOX/$EVENTS, $OUTBOX tenant changes through the outbox (drained ${DRAIN_S} s after the pass), every tenant as its last event implies
+          inbox $INBOX/$EVENTS, $OUTBOX tenant changes through the outbox ($PENDING_AFTER pending at the end of the pass, drained ${DRAIN_S} s after it), every tenant as its last event implies
 ratio:    $RATIO (target: >= 3x the anchor's events/s and p99 < 20 ms: $TARGET)
 EOF2
 echo "RESULT name=webhooks ratio=$RATIO kowloon=$K_RPS anchor=$A_RPS unit=events/s p99_kowloon_ms=$K_P99 p99_anchor_ms=$A_P99"

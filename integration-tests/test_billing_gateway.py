@@ -11,9 +11,12 @@ gateway's POST /webhooks/stripe.
   duplicate is 200 and changes nothing; a webhook on a tenant host is 404.
 - The plan in a billing body is the one asked for (not the tenant's own);
   bearer URLs of Checkout and the Portal never reach the gateway's log.
+- The same invoice event posted 20 times at once is one effect; invoice
+  events delivered newest first end in the newest one's state.
 - Billing down: the webhook is 5xx so that Stripe delivers it again.
 """
 
+import concurrent.futures
 import json
 import time
 import urllib.request
@@ -345,6 +348,60 @@ def test_webhook_route_is_the_apex_only(st, subscribed):
     # Larger than KOWLOON_HTTP_MAX_BODY_BYTES (1 MiB): 413.
     r = st.post_webhook(b"x" * (1024 * 1024 + 1), ev["header"])
     assert r.status == 413, r
+
+
+def test_invoices_at_once_and_newest_first(st):
+    """Invoice webhooks take billing's two-round-trip intake (the inbox
+    statement reads and locks the subscription row): the same payment
+    failure posted 20 times at once is recorded once with one effect, and
+    payments delivered newest first leave the newest one's state."""
+    t, key = st.tenant_with_key("bgwc")
+    r = st.api(t["subdomain"], key, "POST", "/api/v1/billing/subscription",
+               {"plan": "starter", "email": "it@example.com"})
+    assert r.status == 200, r
+    me = {"id": t["id"], "sub": t["subdomain"], "key": key,
+          "customer": r.json["customerId"]}
+    t0 = int(time.time())
+    sub_id = "sub_it_gw_conc"
+    d = st.deliver("checkout.session.completed",
+                   {"id": "cs_test_it_gw_conc", "object": "checkout.session",
+                    "mode": "subscription", "client_reference_id": me["id"],
+                    "customer": me["customer"], "subscription": sub_id,
+                    "payment_status": "paid",
+                    "metadata": {"tenant_id": me["id"], "plan": "pro"}},
+                   created=t0 + 1)
+    assert d["status"] == 200, d
+    wait_gateway(st, me, "active", "pro")
+
+    invoice = {"id": "in_it_gw_conc", "object": "invoice",
+               "customer": me["customer"], "subscription": sub_id,
+               "amount_paid": 0}
+    ev = st.control("/_standin/deliver", {
+        "type": "invoice.payment_failed", "data": {"object": invoice},
+        "secret": WHSEC, "deliver": False, "created": t0 + 2})
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda _: st.post_webhook(ev["payload"], ev["header"]),
+                                range(20)))
+    assert [a.status for a in answers] == [200] * 20, answers
+    wait_gateway(st, me, "past_due", "pro")
+    q = lambda sql: h.psql(sql, st.db.url).strip()
+    assert q("SELECT count(*) FROM billing.events WHERE id = '%s'" % ev["id"]) == "1"
+    assert q("SELECT count(*) FROM billing.outbox WHERE event_id = '%s'" % ev["id"]) == "1"
+
+    # Newest first: the payment (t0 + 4), then an older failure (t0 + 3).
+    d = st.deliver("invoice.payment_succeeded", dict(invoice, amount_paid=2900),
+                   created=t0 + 4)
+    assert d["status"] == 200, d
+    d = st.deliver("invoice.payment_failed", invoice, created=t0 + 3)
+    assert d["status"] == 200, d
+    wait_gateway(st, me, "active", "pro")
+    time.sleep(VISIBLE_S)
+    r = tenant_view(st, me)
+    assert r.status == 200 and r.json["status"] == "active", r
+    b = billing_view(st, me)
+    assert (b["subscriptionStatus"], b["tenantStatus"]) == ("active", "active"), b
+    assert q("SELECT outcome FROM billing.events WHERE id = '%s'" % d["id"]).endswith(
+        "older than the state it would change")
 
 
 def test_billing_down_is_5xx(st):

@@ -3,11 +3,16 @@
  *
  * - The outbox worker applies rows of billing.outbox to the tenant
  *   service (TenantService.Update with the row's status and plan), oldest
- *   first and in order per tenant, marks them done, and retries with
- *   backoff (200 ms doubling up to 30 s) while the tenant service is
- *   unavailable. A tenant that is gone or refuses the change marks the row
- *   done with the error (logged). It polls every poll_interval_ms and is
- *   woken at once by billing_outbox_wake (after a commit that added rows).
+ *   first and in order per tenant, up to 100 tenants in one transaction (a
+ *   tenant's pending rows folded into one Update with the last status and
+ *   the last plan), marks them done, and retries with backoff (200 ms
+ *   doubling up to 30 s) while the tenant service is unavailable. A
+ *   tenant that is gone or refuses the change marks the rows done with the
+ *   error (logged). It polls every poll_interval_ms and is woken at once
+ *   by billing_outbox_wake (after a commit that added rows). With a
+ *   backlog (a full batch) it runs batch after batch, pausing yield_ms
+ *   between them while commits keep adding rows: during a burst of
+ *   webhooks intake goes first.
  * - The sweeper moves past_due subscriptions whose grace has run out to
  *   suspended (billing_store_sweep_grace) every sweep_interval_ms.
  *
@@ -28,6 +33,8 @@ typedef struct {
     int64_t grace_s;           /* KOWLOON_PAST_DUE_GRACE_S */
     int64_t poll_interval_ms;  /* 0: 1000 */
     int64_t sweep_interval_ms; /* 0: 5000 */
+    int64_t yield_ms;          /* pause between full batches while rows
+                                * keep being queued; 0: 100 */
 } billing_outbox_opts_t;
 
 typedef struct billing_outbox billing_outbox_t;

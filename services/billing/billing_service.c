@@ -11,11 +11,12 @@
 
 #include "billing_events.h"
 #include "billing_form.h"
+#include "billing_intake.h"
 #include "billing_outbox.h"
+#include "billing_pipe.h"
 #include "billing_plans.h"
 #include "billing_store.h"
 #include "billing_stripe.h"
-#include "billing_webhook.h"
 #include "kl_alloc.h"
 #include "kl_log.h"
 #include "kl_pg.h"
@@ -218,18 +219,21 @@ s_record_sub(billing_service_t *self, kl_pg_t *pg, const char *tenant,
 {
     billing_events_result_t res;
     memset(&res, 0, sizeof res);
+    billing_events_ctx_t ctx = {.pg = pg, .plans = self->plans};
     int rc = kl_pg_begin(pg, status);
     if (rc < 0)
         return rc;
-    rc = billing_events_apply_subscription(pg, self->plans, tenant, sub, as_of,
-                                           "api", replace, &res, status);
+    rc = billing_events_apply_subscription(&ctx, tenant, sub, as_of, "api",
+                                           replace, &res, status);
+    if (rc == 0)
+        rc = billing_store_effect(pg, &res.effect, NULL, NULL, NULL, status);
     if (rc == 0 && key)
         rc = billing_store_key_done(pg, key, status);
     rc = s_finish(pg, rc, status);
     if (rc < 0)
         return rc;
     KL_LOG(KL_INFO, "%s", res.outcome);
-    if (res.outbox)
+    if (res.effect.outbox)
         billing_outbox_wake(self->outbox);
     return billing_store_get(pg, tenant, false, row, status);
 }
@@ -818,87 +822,6 @@ s_get_tenant_billing(Kowloon__Billing__BillingService_Service *svc,
 /* --- HandleWebhook -----------------------------------------------------------
  */
 
-static int
-s_webhook(billing_service_t *self, kl_pg_t *pg,
-          const Kowloon__Billing__WebhookRequest *in, char event_id[256],
-          bool *duplicate, kl_status_t *st)
-{
-    /* 1. The signature, over the bytes as received. */
-    int rc = billing_webhook_verify(
-        in->signature, in->payload.data, in->payload.len,
-        (const char *const *)self->secrets, self->n_secrets,
-        (int64_t)time(NULL), self->tolerance_s, st);
-    if (rc < 0)
-        return rc;
-    /* 2. Only then the JSON. */
-    json_error_t jerr;
-    json_t *ev = json_loadb((const char *)in->payload.data, in->payload.len,
-                            JSON_REJECT_DUPLICATES, &jerr);
-    if (!json_is_object(ev)) {
-        json_decref(ev);
-        return kl_status_set(st, KL_INVALID_ARGUMENT,
-                             "webhook payload is not a JSON object");
-    }
-    const char *id = json_string_value(json_object_get(ev, "id"));
-    const char *type = json_string_value(json_object_get(ev, "type"));
-    json_t *created = json_object_get(ev, "created");
-    json_t *object = json_object_get(json_object_get(ev, "data"), "object");
-    if (!id || !*id || strlen(id) > 255 || !type || !*type ||
-        strlen(type) > 128 || !json_is_integer(created) ||
-        !json_is_object(object)) {
-        json_decref(ev);
-        return kl_status_set(st, KL_INVALID_ARGUMENT,
-                             "webhook payload is not a Stripe event: want "
-                             "id, type, created and data.object");
-    }
-    /* Copies: ev is freed before the last log line. */
-    char type_copy[129];
-    snprintf(event_id, 256, "%s", id);
-    snprintf(type_copy, sizeof type_copy, "%s", type);
-    id = event_id;
-    type = type_copy;
-
-    /* 3. Inbox, effect and outbox in one transaction. A concurrent
-     * delivery of the same id waits on the inbox row's key and then finds
-     * it recorded. */
-    billing_events_result_t res;
-    memset(&res, 0, sizeof res);
-    bool inserted = false;
-    rc = kl_pg_begin(pg, st);
-    if (rc == 0)
-        rc = billing_store_event_insert(
-            pg, id, type, (int64_t)json_integer_value(created), &inserted, st);
-    if (rc == 0 && !inserted) {
-        kl_pg_rollback(pg);
-        json_decref(ev);
-        *duplicate = true;
-        KL_LOG(KL_INFO, "event %s (%s) already recorded, ignored", id, type);
-        return 0;
-    }
-    if (rc == 0)
-        rc = billing_events_apply(pg, self->plans, id, type,
-                                  (int64_t)json_integer_value(created), object,
-                                  &res, st);
-    if (rc == 0)
-        rc =
-            billing_store_event_outcome(pg, id, res.tenant_id, res.outcome, st);
-    rc = s_finish(pg, rc, st);
-    json_decref(ev);
-    if (rc < 0) {
-        /* Not recorded: Stripe delivers it again. */
-        if (rc == -KL_ALREADY_EXISTS || rc == -KL_ABORTED)
-            kl_status_set(st, KL_UNAVAILABLE, "event %s not recorded: %s", id,
-                          st->message);
-        return rc == -KL_ALREADY_EXISTS || rc == -KL_ABORTED ? -KL_UNAVAILABLE
-                                                             : rc;
-    }
-    KL_LOG(KL_INFO, "event %s (%s)%s%s: %s", id, type,
-           res.tenant_id[0] ? " for tenant " : "", res.tenant_id, res.outcome);
-    if (res.outbox)
-        billing_outbox_wake(self->outbox);
-    return 0;
-}
-
 static void
 s_handle_webhook(Kowloon__Billing__BillingService_Service *svc,
                  const Kowloon__Billing__WebhookRequest *in,
@@ -909,8 +832,20 @@ s_handle_webhook(Kowloon__Billing__BillingService_Service *svc,
     kl_service_worker_t *w = kl_service_worker(closure_data);
     kl_status_t st;
     char event_id[256] = "";
-    bool duplicate = false;
-    int rc = s_webhook(self, w->pg, in, event_id, &duplicate, &st);
+    bool duplicate = false, queued = false;
+    billing_intake_opts_t opts = {
+        .secrets = (const char *const *)self->secrets,
+        .n_secrets = self->n_secrets,
+        .tolerance_s = self->tolerance_s,
+        .plans = self->plans,
+        .fault = self->fault,
+        .fault_user = self->fault_user,
+    };
+    int rc = billing_intake_handle(&opts, w->pg, w->extra, in->payload.data,
+                                   in->payload.len, in->signature, event_id,
+                                   &duplicate, &queued, &st);
+    if (rc == 0 && queued)
+        billing_outbox_wake(self->outbox);
     if (rc < 0) {
         if (rc == -KL_INVALID_ARGUMENT)
             KL_LOG(KL_WARN, "webhook refused: %s", st.message);
@@ -927,6 +862,23 @@ s_handle_webhook(Kowloon__Billing__BillingService_Service *svc,
 
 /* --- object ------------------------------------------------------------------
  */
+
+/* Each worker's billing_pipe (w->extra), for the webhook intake. */
+static void *
+s_worker_init(int worker_index, void *user)
+{
+    (void)worker_index;
+    (void)user;
+    return billing_pipe_new();
+}
+
+static void
+s_worker_fini(void *extra, void *user)
+{
+    (void)user;
+    billing_pipe_t *pipe = extra;
+    billing_pipe_destroy(&pipe);
+}
 
 static const Kowloon__Billing__BillingService_Service s_base =
     KOWLOON__BILLING__BILLING_SERVICE__INIT(s_);
@@ -1014,8 +966,11 @@ billing_service_new(const billing_service_opts_t *opts, kl_status_t *status)
     self->plans = billing_plans_new(flags, S_PLANS_TTL_MS);
     self->fault = opts->fault;
     self->fault_user = opts->fault_user;
-    self->std = kl_service_new(&(kl_service_opts_t){
-        .name = "billing", .database_url = self->database_url});
+    self->std =
+        kl_service_new(&(kl_service_opts_t){.name = "billing",
+                                            .database_url = self->database_url,
+                                            .extra_init = s_worker_init,
+                                            .extra_fini = s_worker_fini});
     return self;
 }
 

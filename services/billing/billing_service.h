@@ -47,8 +47,9 @@ typedef struct {
     long stripe_max_total_ms;       /* a Stripe call's budget, default 60000 */
     long stripe_request_timeout_ms; /* one attempt, default 30000 */
     /* Test only: called at named points ("customer.created",
-     * "subscription.created"); non-zero makes the call stop there as if
-     * the process had died (UNAVAILABLE, nothing more written). */
+     * "subscription.created", and "webhook.decided" between the intake's
+     * two round trips); non-zero makes the call stop there as if the
+     * process had died (UNAVAILABLE, nothing more written). */
     int (*fault)(const char *point, void *user);
     void *fault_user;
 } billing_service_opts_t;

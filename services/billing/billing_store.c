@@ -125,6 +125,46 @@ s_run(kl_pg_t *pg, const char *name, const char *sql, int n,
     "status_event_created, status_event_id, "                                  \
     "extract(epoch FROM updated_at)::bigint"
 
+/* Fills row's subscription fields from S_SUB_COLS at column col0 of res's
+ * row i; has_subscription false when its first column is NULL (no row). */
+static void
+s_sub_from(const PGresult *res, int i, int col0, billing_row_t *row)
+{
+    row->has_subscription = !PQgetisnull(res, i, col0);
+    if (!row->has_subscription)
+        return;
+    s_copy(row->subscription_id, sizeof row->subscription_id, res, i, col0);
+    s_copy(row->customer_id, sizeof row->customer_id, res, i, col0 + 1);
+    s_copy(row->item_id, sizeof row->item_id, res, i, col0 + 2);
+    s_copy(row->price_id, sizeof row->price_id, res, i, col0 + 3);
+    s_copy(row->plan, sizeof row->plan, res, i, col0 + 4);
+    s_copy(row->status, sizeof row->status, res, i, col0 + 5);
+    s_copy(row->tenant_status, sizeof row->tenant_status, res, i, col0 + 6);
+    s_copy(row->collection_method, sizeof row->collection_method, res, i,
+           col0 + 7);
+    row->cancel_at_period_end = s_bool(res, i, col0 + 8);
+    row->current_period_end = s_i64(res, i, col0 + 9);
+    row->trial_end = s_i64(res, i, col0 + 10);
+    row->past_due_since = s_i64(res, i, col0 + 11);
+    row->grace_expired = s_bool(res, i, col0 + 12);
+    row->status_event_created = s_i64(res, i, col0 + 13);
+    s_copy(row->status_event_id, sizeof row->status_event_id, res, i,
+           col0 + 14);
+    row->updated_at = s_i64(res, i, col0 + 15);
+}
+
+/* The tenant's customer mapping (overriding the subscription's customer)
+ * and prepaid period from columns col (customer_id) and col + 1. */
+static void
+s_customer_from(const PGresult *res, int i, int col, billing_row_t *row)
+{
+    if (!PQgetisnull(res, i, col)) {
+        row->has_customer = true;
+        s_copy(row->customer_id, sizeof row->customer_id, res, i, col);
+    }
+    row->paid_until = s_i64(res, i, col + 1);
+}
+
 int
 billing_store_get(kl_pg_t *pg, const char *tenant_id, bool for_update,
                   billing_row_t *row, kl_status_t *status)
@@ -141,26 +181,8 @@ billing_store_get(kl_pg_t *pg, const char *tenant_id, bool for_update,
         1, params, status);
     if (!res)
         return s_code(status);
-    if (PQntuples(res) == 1) {
-        row->has_subscription = true;
-        s_copy(row->subscription_id, sizeof row->subscription_id, res, 0, 0);
-        s_copy(row->customer_id, sizeof row->customer_id, res, 0, 1);
-        s_copy(row->item_id, sizeof row->item_id, res, 0, 2);
-        s_copy(row->price_id, sizeof row->price_id, res, 0, 3);
-        s_copy(row->plan, sizeof row->plan, res, 0, 4);
-        s_copy(row->status, sizeof row->status, res, 0, 5);
-        s_copy(row->tenant_status, sizeof row->tenant_status, res, 0, 6);
-        s_copy(row->collection_method, sizeof row->collection_method, res, 0,
-               7);
-        row->cancel_at_period_end = s_bool(res, 0, 8);
-        row->current_period_end = s_i64(res, 0, 9);
-        row->trial_end = s_i64(res, 0, 10);
-        row->past_due_since = s_i64(res, 0, 11);
-        row->grace_expired = s_bool(res, 0, 12);
-        row->status_event_created = s_i64(res, 0, 13);
-        s_copy(row->status_event_id, sizeof row->status_event_id, res, 0, 14);
-        row->updated_at = s_i64(res, 0, 15);
-    }
+    if (PQntuples(res) == 1)
+        s_sub_from(res, 0, 0, row);
     PQclear(res);
     res = kl_pg_query(
         pg, "billing_cus_get",
@@ -170,11 +192,7 @@ billing_store_get(kl_pg_t *pg, const char *tenant_id, bool for_update,
         1, params, status);
     if (!res)
         return s_code(status);
-    if (!PQgetisnull(res, 0, 0)) {
-        row->has_customer = true;
-        s_copy(row->customer_id, sizeof row->customer_id, res, 0, 0);
-    }
-    row->paid_until = s_i64(res, 0, 1);
+    s_customer_from(res, 0, 0, row);
     PQclear(res);
     return 0;
 }
@@ -228,49 +246,6 @@ billing_store_customer_put(kl_pg_t *pg, const char *tenant_id,
 }
 
 int
-billing_store_sub_save(kl_pg_t *pg, const billing_row_t *r, kl_status_t *status)
-{
-    char cpe[24], te[24], pds[24], sec[24];
-    snprintf(cpe, sizeof cpe, "%lld", (long long)r->current_period_end);
-    snprintf(te, sizeof te, "%lld", (long long)r->trial_end);
-    snprintf(pds, sizeof pds, "%lld", (long long)r->past_due_since);
-    snprintf(sec, sizeof sec, "%lld", (long long)r->status_event_created);
-    const char *params[] = {
-        r->tenant_id,
-        r->subscription_id,
-        r->customer_id,
-        r->item_id,
-        r->price_id,
-        r->plan,
-        r->status,
-        r->tenant_status,
-        r->collection_method[0] ? r->collection_method : "charge_automatically",
-        r->cancel_at_period_end ? "true" : "false",
-        cpe,
-        te,
-        pds,
-        r->grace_expired ? "true" : "false",
-        sec,
-        r->status_event_id,
-    };
-    return s_run(
-        pg, "billing_sub_save",
-        "INSERT INTO billing.subscriptions (tenant_id, subscription_id,"
-        " customer_id, item_id, price_id, plan, status, tenant_status,"
-        " collection_method, cancel_at_period_end, current_period_end,"
-        " trial_end, past_due_since, grace_expired, status_event_created,"
-        " status_event_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
-        " $11, $12, $13, $14, $15, $16) ON CONFLICT (tenant_id) DO UPDATE SET"
-        " subscription_id = $2, customer_id = $3, item_id = $4,"
-        " price_id = $5, plan = $6, status = $7, tenant_status = $8,"
-        " collection_method = $9, cancel_at_period_end = $10,"
-        " current_period_end = $11, trial_end = $12, past_due_since = $13,"
-        " grace_expired = $14, status_event_created = $15,"
-        " status_event_id = $16, updated_at = now()",
-        16, params, status);
-}
-
-int
 billing_store_prepaid_extend(kl_pg_t *pg, const char *tenant_id, int days,
                              int64_t *paid_until, kl_status_t *status)
 {
@@ -311,58 +286,162 @@ billing_store_event_insert(kl_pg_t *pg, const char *id, const char *type,
     return 0;
 }
 
-int
-billing_store_event_outcome(kl_pg_t *pg, const char *id, const char *tenant_id,
-                            const char *outcome, kl_status_t *status)
+/*
+ * The effect statement. The subscription is updated in place when its row
+ * exists (the caller holds its lock), else inserted (a concurrent insert
+ * of the same tenant's row becomes an update, as it always has). The
+ * sub-statements touch different tables, so seeing one snapshot changes
+ * nothing. $1 tenant, $2..$16 the subscription's fields, $17 save, $18
+ * exists, $19 customer, $20 outbox, $21..$24 its status, plan, reason and
+ * source, $25 event id, $26 event tenant, $27 outcome.
+ */
+#define S_SUB_SET                                                              \
+    "subscription_id = $2, customer_id = $3, item_id = $4, price_id = $5,"     \
+    " plan = $6, status = $7, tenant_status = $8, collection_method = $9,"     \
+    " cancel_at_period_end = $10, current_period_end = $11, trial_end = $12,"  \
+    " past_due_since = $13, grace_expired = $14, status_event_created = $15,"  \
+    " status_event_id = $16, updated_at = now()"
+
+static const char s_effect_sql[] =
+    "WITH upd AS (UPDATE billing.subscriptions SET " S_SUB_SET
+    " WHERE $17::boolean AND $18::boolean AND tenant_id = $1::uuid"
+    " RETURNING 1),"
+    " ins AS (INSERT INTO billing.subscriptions (tenant_id, subscription_id,"
+    " customer_id, item_id, price_id, plan, status, tenant_status,"
+    " collection_method, cancel_at_period_end, current_period_end,"
+    " trial_end, past_due_since, grace_expired, status_event_created,"
+    " status_event_id) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+    " $12, $13, $14, $15, $16 WHERE $17 AND NOT $18"
+    " ON CONFLICT (tenant_id) DO UPDATE SET " S_SUB_SET " RETURNING 1),"
+    " cus AS (INSERT INTO billing.customers (tenant_id, customer_id)"
+    " SELECT $1, $19::text WHERE $19 <> '' ON CONFLICT DO NOTHING"
+    " RETURNING 1),"
+    " ob AS (INSERT INTO billing.outbox (tenant_id, status, plan, reason,"
+    " event_id) SELECT $1, $21::text, $22::text, $23::text, $24::text"
+    " WHERE $20::boolean RETURNING 1)"
+    " UPDATE billing.events SET tenant_id = $26::uuid, outcome = $27::text"
+    " WHERE id = $25::text";
+
+void
+billing_store_effect_stmt(const billing_effect_t *e, const char *event_id,
+                          const char *event_tenant, const char *outcome,
+                          billing_effect_params_t *p, billing_pipe_stmt_t *stmt)
 {
-    const char *params[] = {id, tenant_id && *tenant_id ? tenant_id : NULL,
-                            outcome};
-    return s_run(pg, "billing_event_outcome",
-                 "UPDATE billing.events SET tenant_id = $2, outcome = $3"
-                 " WHERE id = $1",
-                 3, params, status);
+    const billing_row_t *r = &e->sub;
+    bool tenant = e->tenant_id[0] != '\0';
+    memset(p, 0, sizeof *p);
+    snprintf(p->num[0], sizeof p->num[0], "%lld",
+             (long long)r->current_period_end);
+    snprintf(p->num[1], sizeof p->num[1], "%lld", (long long)r->trial_end);
+    snprintf(p->num[2], sizeof p->num[2], "%lld", (long long)r->past_due_since);
+    snprintf(p->num[3], sizeof p->num[3], "%lld",
+             (long long)r->status_event_created);
+    const char *v[BILLING_EFFECT_NPARAMS] = {
+        tenant ? e->tenant_id : NULL,
+        r->subscription_id,
+        r->customer_id,
+        r->item_id,
+        r->price_id,
+        r->plan,
+        r->status,
+        r->tenant_status,
+        r->collection_method[0] ? r->collection_method : "charge_automatically",
+        r->cancel_at_period_end ? "true" : "false",
+        p->num[0],
+        p->num[1],
+        p->num[2],
+        r->grace_expired ? "true" : "false",
+        p->num[3],
+        r->status_event_id,
+        tenant && e->save ? "true" : "false",
+        e->exists ? "true" : "false",
+        tenant ? e->customer_id : "",
+        tenant && e->outbox ? "true" : "false",
+        e->outbox_status[0] ? e->outbox_status : NULL,
+        e->outbox_plan[0] ? e->outbox_plan : NULL,
+        e->outbox_reason,
+        e->outbox_source[0] ? e->outbox_source : NULL,
+        event_id,
+        event_tenant && *event_tenant ? event_tenant : NULL,
+        outcome ? outcome : "",
+    };
+    memcpy(p->v, v, sizeof v);
+    *stmt = (billing_pipe_stmt_t){"billing_pipe_effect", s_effect_sql,
+                                  BILLING_EFFECT_NPARAMS, p->v};
 }
 
 int
-billing_store_outbox_add(kl_pg_t *pg, const char *tenant_id,
-                         const char *tenant_status, const char *plan,
-                         const char *reason, const char *event_id,
-                         kl_status_t *status)
+billing_store_effect(kl_pg_t *pg, const billing_effect_t *e,
+                     const char *event_id, const char *event_tenant,
+                     const char *outcome, kl_status_t *status)
 {
-    const char *params[] = {tenant_id, tenant_status, plan, reason,
-                            event_id && *event_id ? event_id : NULL};
-    return s_run(pg, "billing_outbox_add",
-                 "INSERT INTO billing.outbox (tenant_id, status, plan, reason,"
-                 " event_id) VALUES ($1, $2, $3, $4, $5)",
-                 5, params, status);
+    billing_effect_params_t p;
+    billing_pipe_stmt_t stmt;
+    billing_store_effect_stmt(e, event_id, event_tenant, outcome, &p, &stmt);
+    return s_run(pg, "billing_effect", stmt.sql, stmt.nparams, stmt.params,
+                 status);
 }
 
-int
-billing_store_outbox_take(kl_pg_t *pg, billing_outbox_row_t *rows, int max,
-                          int *n, kl_status_t *status)
+/*
+ * The intake statement. ins yields a row only when the event is new; t
+ * (materialized: computed once) reads ins, so the tenant is looked up, and
+ * its subscription row locked in the LATERAL join on t, only after the
+ * inbox insert and only for a new event. The row lock returns the row's
+ * latest committed version even when it changed after this statement's
+ * snapshot (READ COMMITTED re-reads a row it had to wait for).
+ */
+static const char s_intake_sql[] =
+    "WITH ins AS (INSERT INTO billing.events (id, type, created)"
+    " VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING RETURNING id),"
+    " t AS MATERIALIZED (SELECT coalesce($4::uuid,"
+    " (SELECT s.tenant_id FROM billing.subscriptions s"
+    " WHERE $5 <> '' AND s.subscription_id = $5),"
+    " (SELECT c.tenant_id FROM billing.customers c"
+    " WHERE $6 <> '' AND c.customer_id = $6)) AS tenant_id FROM ins)"
+    " SELECT t.tenant_id::text, l.*, c.customer_id, p.paid_until FROM t"
+    " LEFT JOIN LATERAL (SELECT " S_SUB_COLS " FROM billing.subscriptions s"
+    " WHERE s.tenant_id = t.tenant_id FOR UPDATE) l ON true"
+    " LEFT JOIN billing.customers c ON c.tenant_id = t.tenant_id"
+    " LEFT JOIN billing.prepaid p ON p.tenant_id = t.tenant_id";
+
+void
+billing_store_intake_stmt(const char *id, const char *type, int64_t created,
+                          const billing_keys_t *keys,
+                          billing_intake_params_t *p, billing_pipe_stmt_t *stmt)
 {
-    char m[16];
-    snprintf(m, sizeof m, "%d", max);
-    const char *params[] = {m};
-    PGresult *res = kl_pg_query(
-        pg, "billing_outbox_take",
-        /* Each tenant's oldest pending row only (effects apply in order),
-         * found through the partial index outbox_pending (tenant_id, id):
-         * linear in the pending rows whatever plan the prepared statement
-         * keeps. A correlated NOT EXISTS here went quadratic once the
-         * cached generic plan, made while the table was empty, met a
-         * backlog of thousands of rows. */
-        "SELECT o.id, o.tenant_id::text, coalesce(o.status, ''),"
-        " coalesce(o.plan, ''), o.reason, o.attempts FROM billing.outbox o"
-        " WHERE o.id IN (SELECT min(h.id) FROM billing.outbox h"
-        " WHERE h.done_at IS NULL GROUP BY h.tenant_id)"
-        " AND o.done_at IS NULL AND o.next_attempt_at <= now()"
-        " ORDER BY o.id LIMIT $1 FOR UPDATE OF o SKIP LOCKED",
-        1, params, status);
-    if (!res)
-        return s_code(status);
-    *n = PQntuples(res);
-    for (int i = 0; i < *n; i++) {
+    snprintf(p->created, sizeof p->created, "%lld", (long long)created);
+    p->v[0] = id;
+    p->v[1] = type;
+    p->v[2] = p->created;
+    p->v[3] = keys->candidate[0] ? keys->candidate : NULL;
+    p->v[4] = keys->subscription_id;
+    p->v[5] = keys->customer_id;
+    *stmt = (billing_pipe_stmt_t){"billing_pipe_intake", s_intake_sql,
+                                  BILLING_INTAKE_NPARAMS, p->v};
+}
+
+bool
+billing_store_intake_read(const PGresult *res, const billing_keys_t *keys,
+                          billing_preload_t *out)
+{
+    memset(out, 0, sizeof *out);
+    out->keys = *keys;
+    if (PQntuples(res) == 0)
+        return false;
+    out->found = !PQgetisnull(res, 0, 0);
+    if (out->found) {
+        s_copy(out->row.tenant_id, sizeof out->row.tenant_id, res, 0, 0);
+        s_sub_from(res, 0, 1, &out->row);
+        s_customer_from(res, 0, 17, &out->row);
+    }
+    return true;
+}
+
+/* Outbox rows from a result of the take's columns. */
+static void
+s_outbox_rows(const PGresult *res, billing_outbox_row_t *rows)
+{
+    for (int i = 0; i < PQntuples(res); i++) {
         rows[i].id = s_i64(res, i, 0);
         s_copy(rows[i].tenant_id, sizeof rows[i].tenant_id, res, i, 1);
         s_copy(rows[i].status, sizeof rows[i].status, res, i, 2);
@@ -370,6 +449,135 @@ billing_store_outbox_take(kl_pg_t *pg, billing_outbox_row_t *rows, int max,
         s_copy(rows[i].reason, sizeof rows[i].reason, res, i, 4);
         rows[i].attempts = (int)s_i64(res, i, 5);
     }
+}
+
+/* An array literal of ids: {1,2,3}. Caller frees. */
+static char *
+s_id_array(const int64_t *ids, int n)
+{
+    char *list = kl_malloc((size_t)n * 21 + 3);
+    size_t o = 0;
+    list[o++] = '{';
+    for (int i = 0; i < n; i++)
+        o += (size_t)sprintf(list + o, "%s%lld", i ? "," : "",
+                             (long long)ids[i]);
+    list[o++] = '}';
+    list[o] = '\0';
+    return list;
+}
+
+int
+billing_store_outbox_take(kl_pg_t *pg, billing_outbox_row_t *rows, int max,
+                          int *n, kl_status_t *status)
+{
+    *n = 0;
+    char m[16], spare[16];
+    snprintf(m, sizeof m, "%d", max);
+    snprintf(spare, sizeof spare, "%d", 4 * max);
+    /*
+     * Two statements, each linear in the pending rows whatever its plan:
+     * a single pass finds each tenant's oldest pending row (the heads),
+     * and the oldest due heads are then locked by primary key, at most max
+     * of them, skipping those another instance holds (up to 4 * max heads
+     * are looked up, so that this instance can go past them). A tenant whose
+     * oldest row is not due waits whole, so its changes apply in order. Both
+     * are planned on each call, with the actual ids. The queries before these
+     * did this in one statement (a correlated NOT EXISTS, then IN (SELECT
+     * min(id) ... GROUP BY tenant_id)); both went quadratic under some
+     * plans, such as the generic plan a prepared statement keeps from an
+     * empty table, or estimates of a table never analyzed (a nested loop,
+     * or a full index scan per head), taking seconds per batch behind a
+     * backlog of thousands of rows.
+     */
+    const char *hp[] = {spare};
+    PGresult *res = kl_pg_query(
+        pg, NULL,
+        "SELECT h.id FROM (SELECT DISTINCT ON (p.tenant_id) p.id,"
+        " p.next_attempt_at FROM billing.outbox p WHERE p.done_at IS NULL"
+        " ORDER BY p.tenant_id, p.id) h WHERE h.next_attempt_at <= now()"
+        " ORDER BY h.id LIMIT $1::int",
+        1, hp, status);
+    if (!res)
+        return s_code(status);
+    int n_heads = PQntuples(res);
+    int64_t *heads = kl_malloc(((size_t)n_heads + 1) * sizeof *heads);
+    for (int i = 0; i < n_heads; i++)
+        heads[i] = s_i64(res, i, 0);
+    PQclear(res);
+    if (n_heads == 0) {
+        free(heads);
+        return 0;
+    }
+    char *list = s_id_array(heads, n_heads);
+    free(heads);
+    /* No done_at condition in the statement: it would let the planner
+     * look the ids up in the partial index outbox_pending, where id is the
+     * second column (a scan of the whole index per id). A head done by
+     * another instance since the first statement comes back done, and is
+     * left out here. */
+    const char *lp[] = {list, m};
+    res = kl_pg_query(pg, NULL,
+                      "SELECT o.id, o.tenant_id::text, coalesce(o.status, ''),"
+                      " coalesce(o.plan, ''), o.reason, o.attempts,"
+                      " o.done_at IS NULL FROM billing.outbox o"
+                      " WHERE o.id = ANY ($1::bigint[]) ORDER BY o.id"
+                      " LIMIT $2::int FOR UPDATE OF o SKIP LOCKED",
+                      2, lp, status);
+    free(list);
+    if (!res)
+        return s_code(status);
+    s_outbox_rows(res, rows);
+    for (int i = 0; i < PQntuples(res); i++)
+        if (s_bool(res, i, 6))
+            rows[(*n)++] = rows[i];
+    PQclear(res);
+    return 0;
+}
+
+int
+billing_store_outbox_followers(kl_pg_t *pg, const billing_outbox_row_t *heads,
+                               int n_heads, int max, billing_outbox_row_t *rows,
+                               int *n, kl_status_t *status)
+{
+    *n = 0;
+    if (n_heads == 0)
+        return 0;
+    /* The heads' tenants and ids as array literals. A head is its
+     * tenant's oldest pending row, so the tenant's other pending rows are
+     * the ones after it. */
+    char *tenants = kl_malloc((size_t)n_heads * 38 + 3);
+    int64_t *head_ids = kl_malloc((size_t)n_heads * sizeof *head_ids);
+    size_t t = 0;
+    tenants[t++] = '{';
+    for (int i = 0; i < n_heads; i++) {
+        t += (size_t)sprintf(tenants + t, "%s%s", i ? "," : "",
+                             heads[i].tenant_id);
+        head_ids[i] = heads[i].id;
+    }
+    tenants[t++] = '}';
+    tenants[t] = '\0';
+    char *ids = s_id_array(head_ids, n_heads);
+    free(head_ids);
+    char m[16];
+    snprintf(m, sizeof m, "%d", max);
+    const char *params[] = {tenants, ids, m};
+    /* Unprepared, as the take. No other instance holds these rows: it
+     * would have to hold their tenant's oldest pending row, which this
+     * transaction has locked. */
+    PGresult *res = kl_pg_query(
+        pg, NULL,
+        "SELECT o.id, o.tenant_id::text, coalesce(o.status, ''),"
+        " coalesce(o.plan, ''), o.reason, o.attempts FROM billing.outbox o"
+        " WHERE o.tenant_id = ANY ($1::uuid[]) AND o.done_at IS NULL"
+        " AND o.id <> ALL ($2::bigint[]) ORDER BY o.tenant_id, o.id"
+        " LIMIT $3::int FOR UPDATE OF o",
+        3, params, status);
+    free(tenants);
+    free(ids);
+    if (!res)
+        return s_code(status);
+    *n = PQntuples(res);
+    s_outbox_rows(res, rows);
     PQclear(res);
     return 0;
 }
@@ -385,6 +593,23 @@ billing_store_outbox_done(kl_pg_t *pg, int64_t id, const char *error,
                  "UPDATE billing.outbox SET done_at = now(), attempts ="
                  " attempts + 1, last_error = $2 WHERE id = $1",
                  2, params, status);
+}
+
+int
+billing_store_outbox_done_all(kl_pg_t *pg, const int64_t *ids, int n,
+                              kl_status_t *status)
+{
+    if (n == 0)
+        return 0;
+    char *list = s_id_array(ids, n);
+    const char *params[] = {list};
+    int rc = s_run(pg, "billing_outbox_done_all",
+                   "UPDATE billing.outbox SET done_at = now(), attempts ="
+                   " attempts + 1, last_error = NULL"
+                   " WHERE id = ANY ($1::bigint[])",
+                   1, params, status);
+    free(list);
+    return rc;
 }
 
 int

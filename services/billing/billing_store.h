@@ -10,12 +10,15 @@
  *   outbox            tenant changes still to apply through TenantService
  *   idempotency_keys  Idempotency-Keys persisted before each Stripe POST
  *
- * Every statement is prepared once per connection under a "billing_" name.
- * Functions return 0 or -code with status (kl_pg's codes).
+ * Every statement is prepared once per connection under a "billing_" name
+ * ("billing_pipe_" for billing_pipe's), except the outbox worker's take,
+ * planned on each call. Functions return 0 or -code with status (kl_pg's
+ * codes).
  */
 #ifndef BILLING_STORE_H
 #define BILLING_STORE_H
 
+#include "billing_pipe.h"
 #include "kl_code.h"
 #include "kl_pg.h"
 
@@ -71,10 +74,6 @@ int billing_store_lock_tenant(kl_pg_t *pg, const char *tenant_id,
 int billing_store_customer_put(kl_pg_t *pg, const char *tenant_id,
                                const char *customer_id, kl_status_t *status);
 
-/* Writes every subscription field of row (insert or update by tenant). */
-int billing_store_sub_save(kl_pg_t *pg, const billing_row_t *row,
-                           kl_status_t *status);
-
 /* Extends the tenant's paid-until by days from max(now, paid_until);
  * *paid_until is the new value. */
 int billing_store_prepaid_extend(kl_pg_t *pg, const char *tenant_id, int days,
@@ -85,15 +84,85 @@ int billing_store_prepaid_extend(kl_pg_t *pg, const char *tenant_id, int days,
 int billing_store_event_insert(kl_pg_t *pg, const char *id, const char *type,
                                int64_t created, bool *inserted,
                                kl_status_t *status);
-int billing_store_event_outcome(kl_pg_t *pg, const char *id,
-                                const char *tenant_id, const char *outcome,
-                                kl_status_t *status);
 
-/* The outbox: status and plan may be NULL (unchanged). */
-int billing_store_outbox_add(kl_pg_t *pg, const char *tenant_id,
-                             const char *tenant_status, const char *plan,
-                             const char *reason, const char *event_id,
-                             kl_status_t *status);
+/*
+ * The writes one decision makes (billing_events), applied together in one
+ * statement by billing_store_effect, inside the caller's transaction, with
+ * the outcome of the event that caused them.
+ */
+typedef struct {
+    char tenant_id[37]; /* the tenant of every write below */
+    bool save;          /* write sub (every field, as of now) */
+    bool exists;        /* sub's row exists and is locked: update it */
+    billing_row_t sub;
+    char customer_id[BILLING_ID_MAX]; /* record as the tenant's customer
+                                       * (an existing mapping is kept); ""
+                                       * none */
+    bool outbox;                      /* queue a tenant change: */
+    char outbox_status[16];           /* "" unchanged */
+    char outbox_plan[64];             /* "" unchanged */
+    char outbox_reason[64];
+    char outbox_source[256]; /* the event id, or "api" */
+} billing_effect_t;
+
+/* Applies e and, when event_id is not NULL, records the event's tenant
+ * ("" none) and outcome on its inbox row: one statement. */
+int billing_store_effect(kl_pg_t *pg, const billing_effect_t *e,
+                         const char *event_id, const char *event_tenant,
+                         const char *outcome, kl_status_t *status);
+
+/* The same statement for billing_pipe, under another name (kl_pg and
+ * billing_pipe keep separate lists of what they prepared). p holds the
+ * parameters and must outlive the statement's use. */
+#define BILLING_EFFECT_NPARAMS 27
+typedef struct {
+    const char *v[BILLING_EFFECT_NPARAMS];
+    char num[4][24];
+} billing_effect_params_t;
+
+void billing_store_effect_stmt(const billing_effect_t *e, const char *event_id,
+                               const char *event_tenant, const char *outcome,
+                               billing_effect_params_t *p,
+                               billing_pipe_stmt_t *stmt);
+
+/*
+ * The webhook intake's first statement, for billing_pipe (docs/billing.md,
+ * "Round trips"): records event (id, type, created) in the inbox unless it
+ * is there already (a concurrent transaction inserting the same id makes
+ * it wait for that one's end), and only when it was new: finds the tenant
+ * by keys (as billing_store_tenant_of, after a tenant id the event names
+ * itself) and reads its state as billing_store_get with for_update does,
+ * locking its subscription row. No advisory lock: see billing_events.h.
+ */
+typedef struct {
+    char candidate[37]; /* tenant id named by the event, lower case; "" */
+    char subscription_id[BILLING_ID_MAX];
+    char customer_id[BILLING_ID_MAX];
+} billing_keys_t;
+
+typedef struct {
+    billing_keys_t keys; /* what the tenant was looked up by */
+    bool found;          /* a tenant was found: row.tenant_id */
+    billing_row_t row;   /* its state; the subscription row is locked */
+} billing_preload_t;
+
+#define BILLING_INTAKE_NPARAMS 6
+typedef struct {
+    const char *v[BILLING_INTAKE_NPARAMS];
+    char created[24];
+} billing_intake_params_t;
+
+/* id, type and keys must outlive the statement's use, as p. */
+void billing_store_intake_stmt(const char *id, const char *type,
+                               int64_t created, const billing_keys_t *keys,
+                               billing_intake_params_t *p,
+                               billing_pipe_stmt_t *stmt);
+
+/* Reads the intake statement's result into out (keys copied). Returns
+ * false when the event was recorded already (no row: nothing was read or
+ * locked). */
+bool billing_store_intake_read(const PGresult *res, const billing_keys_t *keys,
+                               billing_preload_t *out);
 
 typedef struct {
     int64_t id;
@@ -104,14 +173,25 @@ typedef struct {
     int attempts;
 } billing_outbox_row_t;
 
-/* Inside a transaction: locks up to max due rows, oldest first, skipping
- * rows locked by another instance and rows with an older pending row of
- * the same tenant (so one tenant's changes apply in order). */
+/* Inside a transaction: locks up to max due rows, oldest first, taking
+ * only each tenant's oldest pending row (so one tenant's changes apply in
+ * order) and skipping rows locked by another instance. */
 int billing_store_outbox_take(kl_pg_t *pg, billing_outbox_row_t *rows, int max,
                               int *n, kl_status_t *status);
+/* Inside the take's transaction: locks the pending rows that follow each
+ * of the n_heads rows taken (same tenant, greater id), up to max, ordered
+ * by tenant then id. The worker folds them into their head's change. */
+int billing_store_outbox_followers(kl_pg_t *pg,
+                                   const billing_outbox_row_t *heads,
+                                   int n_heads, int max,
+                                   billing_outbox_row_t *rows, int *n,
+                                   kl_status_t *status);
 /* Marks a row done; error non-NULL records why it was given up. */
 int billing_store_outbox_done(kl_pg_t *pg, int64_t id, const char *error,
                               kl_status_t *status);
+/* Marks the n rows of ids done without an error: one statement. */
+int billing_store_outbox_done_all(kl_pg_t *pg, const int64_t *ids, int n,
+                                  kl_status_t *status);
 /* Schedules another attempt in delay_ms. */
 int billing_store_outbox_retry(kl_pg_t *pg, int64_t id, int64_t delay_ms,
                                const char *error, kl_status_t *status);
