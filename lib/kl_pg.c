@@ -407,12 +407,15 @@ s_pipeline_answer(kl_pg_t *self, bool *failed, bool *broken,
     return NULL;
 }
 
-/* One attempt of kl_pg_pipeline on the current connection. Returns 0, or
- * -code with *broken telling whether the connection died (then the caller
- * drops it: its pipeline state is unknown). */
+/* One attempt of a pipeline on the current connection. open_after: the
+ * statements must leave a transaction open (KL_PG_PIPE_BEGIN alone), else
+ * the connection idle. Returns 0, or -code with *broken telling whether
+ * the connection died (then the caller drops it: its pipeline state is
+ * unknown). */
 static int
 s_pipeline_attempt(kl_pg_t *self, const kl_pg_stmt_t *stmts, size_t n,
-                   PGresult **results, bool *broken, kl_status_t *status)
+                   bool open_after, PGresult **results, bool *broken,
+                   kl_status_t *status)
 {
     PGconn *conn = self->conn;
     *broken = false;
@@ -478,20 +481,24 @@ s_pipeline_attempt(kl_pg_t *self, const kl_pg_stmt_t *stmts, size_t n,
         }
     }
     bool keep = true; /* the results before a failed statement */
-    if (!*broken && PQtransactionStatus(conn) != PQTRANS_IDLE) {
-        /* The statements' own transaction failed (the server keeps it
-         * open, aborted, after the sync) or was never committed: end it,
-         * so that the connection is idle again. */
+    PGTransactionStatusType ts =
+        *broken ? PQTRANS_UNKNOWN : PQtransactionStatus(conn);
+    if (!failed && !*broken &&
+        ts != (open_after ? PQTRANS_INTRANS : PQTRANS_IDLE)) {
+        kl_status_set(status, KL_INTERNAL,
+                      open_after ? "pipeline ended its transaction"
+                                 : "pipeline left a transaction open");
+        keep = false;
+        failed = true;
+    }
+    if (failed && !*broken && ts != PQTRANS_IDLE) {
+        /* The transaction failed (the server keeps it open, aborted,
+         * after the sync) or was left open: end it, so that the
+         * connection is idle again with nothing of it committed. */
         PGresult *res = PQexec(conn, "ROLLBACK");
         if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
             *broken = true;
         PQclear(res);
-        if (!failed) {
-            kl_status_set(status, KL_INTERNAL,
-                          "pipeline left a transaction open");
-            keep = false;
-        }
-        failed = true;
     }
     if (!failed)
         return 0;
@@ -502,29 +509,29 @@ s_pipeline_attempt(kl_pg_t *self, const kl_pg_stmt_t *stmts, size_t n,
     return -(int)status->code;
 }
 
-int
-kl_pg_pipeline(kl_pg_t *self, const kl_pg_stmt_t *stmts, size_t n,
-               PGresult **results, kl_status_t *status)
+/* BEGIN and COMMIT of kl_pg_pipeline_ex, prepared as any statement. */
+static const kl_pg_stmt_t s_pipe_begin = {"kl_pg_pipe_begin", "BEGIN", 0, NULL};
+static const kl_pg_stmt_t s_pipe_commit = {"kl_pg_pipe_commit", "COMMIT", 0,
+                                           NULL};
+
+/* Runs all (n_all statements) outside a transaction: as s_run, a
+ * connection that was idle and turns out to be dead is made again, and the
+ * pipeline sent once more. */
+static int
+s_pipeline_outside(kl_pg_t *self, const kl_pg_stmt_t *all, size_t n_all,
+                   bool open_after, PGresult **res_all, kl_status_t *status)
 {
-    kl_status_t local;
-    status = S_STATUS(status, local);
-    for (size_t i = 0; i < n; i++)
-        results[i] = NULL;
-    if (n == 0)
-        return kl_status_set(status, KL_INVALID_ARGUMENT,
-                             "a pipeline needs a statement");
     if (self->in_tx)
         return kl_status_set(status, KL_FAILED_PRECONDITION,
                              "a pipeline cannot run inside a transaction");
-    /* As s_run: a connection that was idle outside a transaction and turns
-     * out to be dead is made again, and the pipeline sent once more. */
     int rc = 0;
     for (int attempt = 0; attempt < 2; attempt++) {
         bool reused = false, broken = false;
         rc = s_ensure(self, &reused, status);
         if (rc < 0)
             return rc;
-        rc = s_pipeline_attempt(self, stmts, n, results, &broken, status);
+        rc = s_pipeline_attempt(self, all, n_all, open_after, res_all, &broken,
+                                status);
         if (rc == 0 || !broken)
             return rc;
         s_drop(self);
@@ -532,6 +539,104 @@ kl_pg_pipeline(kl_pg_t *self, const kl_pg_stmt_t *stmts, size_t n,
             return rc;
     }
     return rc;
+}
+
+/* Runs all (ending with COMMIT) inside the open transaction, on its own
+ * connection only, and ends the transaction whatever happens. */
+static int
+s_pipeline_commit(kl_pg_t *self, const kl_pg_stmt_t *all, size_t n_all,
+                  PGresult **res_all, kl_status_t *status)
+{
+    if (!self->in_tx)
+        return kl_status_set(status, KL_FAILED_PRECONDITION,
+                             "no transaction is open");
+    int rc;
+    bool broken = false;
+    /* The connection is the transaction's: kl_pg never replaces it while
+     * a transaction is open, and drops it (conn_lost) when it breaks. What
+     * the server last said about the transaction decides the rest. */
+    PGTransactionStatusType ts = self->conn_lost || !self->conn
+                                     ? PQTRANS_UNKNOWN
+                                     : PQtransactionStatus(self->conn);
+    if (ts == PQTRANS_INTRANS)
+        rc = s_pipeline_attempt(self, all, n_all, false, res_all, &broken,
+                                status);
+    else if (ts == PQTRANS_INERROR)
+        rc = kl_status_set(status, KL_ABORTED, "transaction was rolled back");
+    else if (ts == PQTRANS_UNKNOWN)
+        rc = kl_status_set(status, KL_UNAVAILABLE,
+                           "database connection lost inside a transaction");
+    else /* idle: COMMIT or ROLLBACK went through kl_pg_exec */
+        rc = kl_status_set(status, KL_INTERNAL,
+                           "transaction was ended outside kl_pg");
+    if (broken)
+        s_drop(self);
+    /* Whatever happened, the transaction is over: committed, rolled back
+     * (by the attempt, or here), or gone with its connection. */
+    kl_pg_rollback(self);
+    return rc;
+}
+
+int
+kl_pg_pipeline_ex(kl_pg_t *self, const kl_pg_stmt_t *stmts, size_t n,
+                  unsigned flags, PGresult **results, kl_status_t *status)
+{
+    kl_status_t local;
+    status = S_STATUS(status, local);
+    for (size_t i = 0; i < n; i++)
+        results[i] = NULL;
+    bool begin = flags & KL_PG_PIPE_BEGIN, commit = flags & KL_PG_PIPE_COMMIT;
+    if (flags & ~(KL_PG_PIPE_BEGIN | KL_PG_PIPE_COMMIT))
+        return kl_status_set(status, KL_INVALID_ARGUMENT,
+                             "unknown pipeline flags %#x", flags);
+    if (!begin && !commit) {
+        if (n == 0)
+            return kl_status_set(status, KL_INVALID_ARGUMENT,
+                                 "a pipeline needs a statement");
+        return s_pipeline_outside(self, stmts, n, false, results, status);
+    }
+
+    /* [BEGIN] statements [COMMIT], with a result slot each. */
+    size_t n_all = n + begin + commit;
+    kl_pg_stmt_t *all = kl_malloc(n_all * sizeof *all);
+    PGresult **res_all = kl_calloc(n_all, sizeof *res_all);
+    size_t first = begin ? 1 : 0;
+    if (begin)
+        all[0] = s_pipe_begin;
+    if (n > 0)
+        memcpy(all + first, stmts, n * sizeof *stmts);
+    if (commit)
+        all[n_all - 1] = s_pipe_commit;
+
+    int rc =
+        commit && !begin
+            ? s_pipeline_commit(self, all, n_all, res_all, status)
+            : s_pipeline_outside(self, all, n_all, !commit, res_all, status);
+    /* COMMIT of a transaction that had failed answers "ROLLBACK"; the
+     * connection is idle then, nothing written. */
+    if (rc == 0 && commit &&
+        strcmp(PQcmdStatus(res_all[n_all - 1]), "COMMIT") != 0)
+        rc = kl_status_set(status, KL_ABORTED, "transaction was rolled back");
+    if (rc == 0 && begin && !commit) {
+        self->in_tx = true;
+        self->conn_lost = false;
+    }
+    for (size_t i = 0; i < n_all; i++) {
+        if (rc == 0 && i >= first && i < first + n)
+            results[i - first] = res_all[i];
+        else
+            PQclear(res_all[i]);
+    }
+    free(res_all);
+    free(all);
+    return rc;
+}
+
+int
+kl_pg_pipeline(kl_pg_t *self, const kl_pg_stmt_t *stmts, size_t n,
+               PGresult **results, kl_status_t *status)
+{
+    return kl_pg_pipeline_ex(self, stmts, n, 0, results, status);
 }
 
 int

@@ -16,7 +16,11 @@
  *   before failing; kl_pg_begin does the same. Inside a transaction a
  *   broken connection fails the call: the caller's transaction is gone.
  * - kl_pg_pipeline sends several statements in one round trip (libpq
- *   pipeline mode), with the same preparing, mapping and retry.
+ *   pipeline mode), with the same preparing, mapping and retry;
+ *   kl_pg_pipeline_ex can also open a kl_pg transaction with its
+ *   statements (BEGIN first) and commit one after them (COMMIT last), so
+ *   a transaction can take two round trips in all.
+ * - Statement names starting "kl_pg_" are kl_pg's own.
  */
 #ifndef KL_PG_H
 #define KL_PG_H
@@ -82,6 +86,47 @@ typedef struct {
  * is read. */
 int kl_pg_pipeline(kl_pg_t *self, const kl_pg_stmt_t *stmts, size_t n,
                    PGresult **results, kl_status_t *status);
+
+/* Flags of kl_pg_pipeline_ex. */
+#define KL_PG_PIPE_BEGIN 0x1u  /* BEGIN before the statements */
+#define KL_PG_PIPE_COMMIT 0x2u /* COMMIT after the statements */
+
+/*
+ * kl_pg_pipeline with BEGIN and/or COMMIT sent in the same round trip
+ * (both prepared once per connection, as the statements). flags 0 is
+ * kl_pg_pipeline. With a flag n may be 0, and the statements must not
+ * begin or end a transaction themselves.
+ *
+ * KL_PG_PIPE_BEGIN: outside a transaction only (FAILED_PRECONDITION inside
+ * one). BEGIN, the statements, one round trip; on success the transaction
+ * stays open as if kl_pg_begin had opened it: kl_pg_in_transaction is
+ * true, kl_pg_query and kl_pg_exec run in it, kl_pg_commit,
+ * kl_pg_rollback or a KL_PG_PIPE_COMMIT pipeline ends it, and a
+ * connection lost in it is never silently replaced. Being outside a
+ * transaction when it starts, it reconnects and resends once as
+ * kl_pg_pipeline does.
+ *
+ * KL_PG_PIPE_COMMIT: inside an open kl_pg transaction only
+ * (FAILED_PRECONDITION outside one). The statements, COMMIT, one round
+ * trip, on the transaction's own connection (never another one, never
+ * resent). Returns 0 only once COMMIT succeeded. After it, whatever it
+ * returns, the transaction is over (kl_pg_in_transaction false).
+ * UNAVAILABLE when the connection is lost (before: "database connection
+ * lost inside a transaction", nothing committed; while waiting for the
+ * answers: the outcome of a COMMIT sent is unknown); ABORTED when the
+ * transaction had already failed (a kl_pg_query in it failed).
+ *
+ * Both: a whole transaction in one round trip, outside a transaction
+ * only, reconnecting and resending as kl_pg_pipeline.
+ *
+ * On success results[i] holds statement i's result (BEGIN's and COMMIT's
+ * are not returned). On failure, with either flag, the transaction is
+ * rolled back (nothing of it committed; a broken connection is dropped),
+ * kl_pg_in_transaction is false, every results[i] is NULL, and status is
+ * mapped as kl_pg_query's from the first statement that failed.
+ */
+int kl_pg_pipeline_ex(kl_pg_t *self, const kl_pg_stmt_t *stmts, size_t n,
+                      unsigned flags, PGresult **results, kl_status_t *status);
 
 /* Transactions. rollback never fails (a broken connection is dropped). */
 int kl_pg_begin(kl_pg_t *self, kl_status_t *status);

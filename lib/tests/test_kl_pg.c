@@ -330,13 +330,16 @@ typedef struct {
     PGresult **res;
     int rc;
     kl_status_t st;
+    unsigned flags; /* of kl_pg_pipeline_ex */
 } s_pipe_t;
 
 static void
 s_pipe_run(void *arg)
 {
     s_pipe_t *p = arg;
-    p->rc = kl_pg_pipeline(p->pg, p->stmts, p->n, p->res, &p->st);
+    p->rc = p->flags ? kl_pg_pipeline_ex(p->pg, p->stmts, p->n, p->flags,
+                                         p->res, &p->st)
+                     : kl_pg_pipeline(p->pg, p->stmts, p->n, p->res, &p->st);
 }
 
 static void
@@ -383,7 +386,7 @@ test_pipeline_results(void **state)
     PGresult *res[5];
     PGconn *conn = kl_pg_conn(pg, &st);
     assert_non_null(conn);
-    s_pipe_t p = {pg, stmts, 5, res, 0, {0}};
+    s_pipe_t p = {pg, stmts, 5, res, 0, {0}, 0};
     char trace[256];
     s_trace(conn, s_pipe_run, &p, trace, sizeof trace);
     if (p.rc != 0)
@@ -557,6 +560,331 @@ test_pipeline_reconnect(void **state)
     kl_pg_destroy(&pg);
 }
 
+/* --- transactions in two round trips (kl_pg_pipeline_ex) ---------------- */
+
+/* An insert of k into ptx (k as text in buf). */
+static kl_pg_stmt_t
+s_tx_insert(int k, char buf[16], const char **params)
+{
+    snprintf(buf, 16, "%d", k);
+    params[0] = buf;
+    return (kl_pg_stmt_t){"ptx_insert",
+                          "INSERT INTO ptx (k) VALUES ($1::int) RETURNING k", 1,
+                          params};
+}
+
+/* kl_pg_pipeline_ex with its results checked (every one NULL on failure)
+ * and cleared. */
+static int
+s_tx(kl_pg_t *pg, const kl_pg_stmt_t *stmts, size_t n, unsigned flags,
+     kl_status_t *st)
+{
+    PGresult *res[4] = {(PGresult *)st, (PGresult *)st, (PGresult *)st,
+                        (PGresult *)st};
+    assert_true(n <= 4);
+    int rc = kl_pg_pipeline_ex(pg, stmts, n, flags, res, st);
+    for (size_t i = 0; i < n; i++) {
+        if (rc < 0)
+            assert_null(res[i]);
+        PQclear(res[i]);
+    }
+    return rc;
+}
+
+/* Rows of ptx matching where, counted from another connection: what is
+ * committed. */
+static long
+s_tx_committed(const char *where)
+{
+    char sql[256];
+    snprintf(sql, sizeof sql, "SELECT count(*) FROM ptx WHERE %s", where);
+    char *v = kl_test_db_value(s_db_url, sql);
+    assert_non_null(v);
+    long n = strtol(v, NULL, 10);
+    free(v);
+    return n;
+}
+
+/* pg is outside a transaction, its connection idle, and queries work. */
+static void
+s_tx_assert_idle(kl_pg_t *pg)
+{
+    kl_status_t st;
+    assert_false(kl_pg_in_transaction(pg));
+    assert_int_equal(s_count(pg, "SELECT 1"), 1);
+    PGconn *conn = kl_pg_conn(pg, &st);
+    assert_non_null(conn);
+    assert_int_equal(PQtransactionStatus(conn), PQTRANS_IDLE);
+    assert_int_equal(PQpipelineStatus(conn), PQ_PIPELINE_OFF);
+}
+
+/* BEGIN with statements, then statements with COMMIT: one round trip
+ * each, a kl_pg transaction in between (kl_pg_query runs in it), each
+ * statement prepared once, committed only by the second. */
+static void
+test_pipeline_tx_commit(void **state)
+{
+    kl_status_t st;
+    kl_pg_t *pg = kl_pg_new(s_db_url);
+    assert_int_equal(
+        kl_pg_exec(pg, "CREATE TABLE ptx (k int PRIMARY KEY)", &st), 0);
+    PGconn *conn = kl_pg_conn(pg, &st);
+    for (int round = 0; round < 3; round++) {
+        char a[16], b[16], trace[256];
+        const char *pa[1], *pb[1];
+        kl_pg_stmt_t s1 = s_tx_insert(100 + 2 * round, a, pa);
+        kl_pg_stmt_t s2 = s_tx_insert(101 + 2 * round, b, pb);
+        PGresult *out = NULL;
+        s_pipe_t p = {pg, &s1, 1, &out, 0, {0}, KL_PG_PIPE_BEGIN};
+        s_trace(conn, s_pipe_run, &p, trace, sizeof trace);
+        if (p.rc != 0)
+            fail_msg("begin: %s", p.st.message);
+        assert_true(s_one_round_trip(trace));
+        assert_string_equal(PQgetvalue(out, 0, 0), a);
+        PQclear(out);
+        assert_true(kl_pg_in_transaction(pg));
+        assert_int_equal(PQtransactionStatus(conn), PQTRANS_INTRANS);
+        /* Visible inside the transaction, not outside it. */
+        assert_int_equal(s_count(pg, "SELECT count(*) FROM ptx"),
+                         2 * round + 1);
+        assert_int_equal(s_tx_committed("true"), 2 * round);
+        p = (s_pipe_t){pg, &s2, 1, &out, 0, {0}, KL_PG_PIPE_COMMIT};
+        s_trace(conn, s_pipe_run, &p, trace, sizeof trace);
+        if (p.rc != 0)
+            fail_msg("commit: %s", p.st.message);
+        assert_true(s_one_round_trip(trace));
+        assert_string_equal(PQgetvalue(out, 0, 0), b);
+        PQclear(out);
+        assert_false(kl_pg_in_transaction(pg));
+        assert_int_equal(s_tx_committed("true"), 2 * round + 2);
+    }
+    /* The same connection throughout; BEGIN and COMMIT prepared too. */
+    assert_ptr_equal(kl_pg_conn(pg, &st), conn);
+    char *names = s_prepared_names(pg);
+    assert_string_equal(names, "kl_pg_pipe_begin,kl_pg_pipe_commit,ptx_insert");
+    free(names);
+
+    /* No statements: BEGIN alone, COMMIT alone. */
+    assert_int_equal(s_tx(pg, NULL, 0, KL_PG_PIPE_BEGIN, &st), 0);
+    assert_true(kl_pg_in_transaction(pg));
+    assert_int_equal(s_tx(pg, NULL, 0, KL_PG_PIPE_COMMIT, &st), 0);
+    /* COMMIT ends a transaction kl_pg_begin opened as well. */
+    char c[16];
+    const char *pc[1];
+    kl_pg_stmt_t s3 = s_tx_insert(110, c, pc);
+    assert_int_equal(kl_pg_begin(pg, &st), 0);
+    assert_int_equal(s_tx(pg, &s3, 1, KL_PG_PIPE_COMMIT, &st), 0);
+    /* Both flags: a whole transaction in one round trip. */
+    s3 = s_tx_insert(111, c, pc);
+    PGresult *out = NULL;
+    assert_int_equal(kl_pg_pipeline_ex(pg, &s3, 1,
+                                       KL_PG_PIPE_BEGIN | KL_PG_PIPE_COMMIT,
+                                       &out, &st),
+                     0);
+    assert_string_equal(PQgetvalue(out, 0, 0), "111");
+    PQclear(out);
+    assert_int_equal(s_tx_committed("k IN (110, 111)"), 2);
+    s_tx_assert_idle(pg);
+    assert_int_equal(s_tx(pg, &s3, 1, 0x4, &st), -KL_INVALID_ARGUMENT);
+    kl_pg_destroy(&pg);
+}
+
+/* Misuse: COMMIT outside a transaction, BEGIN inside one, statements that
+ * end the transaction BEGIN opened. */
+static void
+test_pipeline_tx_misuse(void **state)
+{
+    kl_status_t st;
+    kl_pg_t *pg = kl_pg_new(s_db_url);
+    char a[16];
+    const char *pa[1];
+    kl_pg_stmt_t s1 = s_tx_insert(150, a, pa);
+    assert_int_equal(s_tx(pg, &s1, 1, KL_PG_PIPE_COMMIT, &st),
+                     -KL_FAILED_PRECONDITION);
+    assert_int_equal(kl_pg_begin(pg, &st), 0);
+    assert_int_equal(s_tx(pg, &s1, 1, KL_PG_PIPE_BEGIN, &st),
+                     -KL_FAILED_PRECONDITION);
+    /* Refused, not run: the open transaction is as it was. */
+    assert_true(kl_pg_in_transaction(pg));
+    kl_pg_rollback(pg);
+    const kl_pg_stmt_t ends[] = {s1, {"p_commit", "COMMIT", 0, NULL}};
+    assert_int_equal(s_tx(pg, ends, 2, KL_PG_PIPE_BEGIN, &st), -KL_INTERNAL);
+    assert_string_equal(st.message, "pipeline ended its transaction");
+    s_tx_assert_idle(pg);
+    kl_pg_destroy(&pg);
+}
+
+/* The first round trip fails: mapped as kl_pg_query's, no result (not
+ * even those before the failure), no transaction left; what it prepared
+ * stays prepared (a rollback keeps it) and is used as it is. */
+static void
+test_pipeline_tx_begin_fails(void **state)
+{
+    kl_status_t st;
+    assert_int_equal(kl_test_db_exec(s_db_url, "INSERT INTO ptx VALUES (200)"),
+                     0);
+    kl_pg_t *pg = kl_pg_new(s_db_url);
+    char a[16];
+    const char *pa[1];
+    const kl_pg_stmt_t stmts[] = {
+        {"ptx_before", "SELECT 1", 0, NULL},
+        s_tx_insert(200, a, pa),
+    };
+    assert_int_equal(s_tx(pg, stmts, 2, KL_PG_PIPE_BEGIN, &st),
+                     -KL_ALREADY_EXISTS);
+    assert_string_equal(st.message, "duplicate key value violates unique "
+                                    "constraint \"ptx_pkey\"");
+    s_tx_assert_idle(pg);
+    assert_int_equal(s_tx(pg, NULL, 0, KL_PG_PIPE_COMMIT, &st),
+                     -KL_FAILED_PRECONDITION);
+    kl_pg_stmt_t s1 = s_tx_insert(201, a, pa);
+    assert_int_equal(s_tx(pg, &s1, 1, KL_PG_PIPE_BEGIN, &st), 0);
+    assert_int_equal(s_tx(pg, NULL, 0, KL_PG_PIPE_COMMIT, &st), 0);
+    assert_int_equal(s_tx_committed("k = 201"), 1);
+    kl_pg_destroy(&pg);
+}
+
+/* The second round trip fails, in a statement, in COMMIT itself, or after
+ * a failure inside the transaction: nothing of the transaction is
+ * committed and kl_pg is outside it again. */
+static void
+test_pipeline_tx_commit_fails(void **state)
+{
+    kl_status_t st;
+    kl_pg_t *pg = kl_pg_new(s_db_url);
+    char a[16], b[16];
+    const char *pa[1], *pb[1];
+    kl_pg_stmt_t s1 = s_tx_insert(300, a, pa);
+    kl_pg_stmt_t dup = s_tx_insert(300, b, pb);
+    assert_int_equal(s_tx(pg, &s1, 1, KL_PG_PIPE_BEGIN, &st), 0);
+    assert_int_equal(s_tx(pg, &dup, 1, KL_PG_PIPE_COMMIT, &st),
+                     -KL_ALREADY_EXISTS);
+    assert_int_equal(s_tx_committed("k = 300"), 0);
+    s_tx_assert_idle(pg);
+
+    /* COMMIT fails (a deferred constraint is checked there): not 0. */
+    assert_int_equal(kl_pg_exec(pg,
+                                "CREATE TABLE ptx_d (k int UNIQUE DEFERRABLE"
+                                " INITIALLY DEFERRED)",
+                                &st),
+                     0);
+    const kl_pg_stmt_t ins = {"ptx_d_ins", "INSERT INTO ptx_d VALUES (1)", 0,
+                              NULL};
+    assert_int_equal(s_tx(pg, &ins, 1, KL_PG_PIPE_BEGIN, &st), 0);
+    assert_int_equal(s_tx(pg, &ins, 1, KL_PG_PIPE_COMMIT, &st),
+                     -KL_ALREADY_EXISTS);
+    assert_int_equal(s_count(pg, "SELECT count(*) FROM ptx_d"), 0);
+    s_tx_assert_idle(pg);
+
+    /* A kl_pg_query failed in the transaction: COMMIT would roll back. */
+    s1 = s_tx_insert(301, a, pa);
+    assert_int_equal(s_tx(pg, &s1, 1, KL_PG_PIPE_BEGIN, &st), 0);
+    assert_null(kl_pg_query(pg, "ptx_div", "SELECT 1/0", 0, NULL, &st));
+    assert_int_equal(s_tx(pg, NULL, 0, KL_PG_PIPE_COMMIT, &st), -KL_ABORTED);
+    assert_string_equal(st.message, "transaction was rolled back");
+    assert_int_equal(s_tx_committed("k = 301"), 0);
+    s_tx_assert_idle(pg);
+    kl_pg_destroy(&pg);
+}
+
+/* kl_pg_rollback undoes the first round trip; kl_pg_commit commits it. */
+static void
+test_pipeline_tx_rollback(void **state)
+{
+    kl_status_t st;
+    kl_pg_t *pg = kl_pg_new(s_db_url);
+    char a[16];
+    const char *pa[1];
+    kl_pg_stmt_t s1 = s_tx_insert(400, a, pa);
+    assert_int_equal(s_tx(pg, &s1, 1, KL_PG_PIPE_BEGIN, &st), 0);
+    kl_pg_rollback(pg);
+    assert_int_equal(s_tx_committed("k = 400"), 0);
+    s_tx_assert_idle(pg);
+    assert_int_equal(s_tx(pg, &s1, 1, KL_PG_PIPE_BEGIN, &st), 0);
+    assert_int_equal(kl_pg_commit(pg, &st), 0);
+    assert_int_equal(s_tx_committed("k = 400"), 1);
+    s_tx_assert_idle(pg);
+    kl_pg_destroy(&pg);
+}
+
+/* The connection is lost inside the transaction: never replaced in it,
+ * nothing committed, UNAVAILABLE, and the next transaction runs on a new
+ * connection with its statements prepared again. */
+static void
+test_pipeline_tx_connection_lost(void **state)
+{
+    kl_status_t st;
+    kl_pg_t *pg = kl_pg_new(s_db_url);
+    char a[16], b[16];
+    const char *pa[1], *pb[1];
+    const kl_pg_stmt_t stmts[] = {
+        s_tx_insert(500, a, pa),
+        {"ptx_pid", "SELECT pg_backend_pid()", 0, NULL},
+    };
+    kl_pg_stmt_t s2 = s_tx_insert(501, b, pb);
+    PGresult *res[2];
+
+    /* 1. Lost between the round trips (the server ends the backend); then
+     * again on a new connection. */
+    int pid = 0;
+    for (int round = 0; round < 2; round++) {
+        assert_int_equal(
+            kl_pg_pipeline_ex(pg, stmts, 2, KL_PG_PIPE_BEGIN, res, &st), 0);
+        int new_pid = atoi(PQgetvalue(res[1], 0, 0));
+        s_clear(res, 2);
+        assert_int_not_equal(new_pid, pid);
+        pid = new_pid;
+        if (round == 0)
+            s_terminate(pid);
+        int rc = s_tx(pg, &s2, 1, KL_PG_PIPE_COMMIT, &st);
+        if (rc != (round == 0 ? -KL_UNAVAILABLE : 0))
+            fail_msg("commit %d: %s %s", round, kl_strerror(rc), st.message);
+        assert_false(kl_pg_in_transaction(pg));
+        assert_int_equal(s_tx_committed("k IN (500, 501)"), 2 * round);
+    }
+
+    /* 2. Found lost by a kl_pg_query inside the transaction: no silent
+     * reconnect, the transaction stays failed until COMMIT says so. */
+    kl_pg_stmt_t s3 = s_tx_insert(502, a, pa);
+    assert_int_equal(s_tx(pg, &s3, 1, KL_PG_PIPE_BEGIN, &st), 0);
+    s_terminate(s_backend_pid(pg));
+    assert_null(kl_pg_query(pg, "ptx_one", "SELECT 1", 0, NULL, &st));
+    assert_int_equal(st.code, KL_UNAVAILABLE);
+    assert_true(kl_pg_in_transaction(pg));
+    assert_int_equal(s_tx(pg, NULL, 0, KL_PG_PIPE_COMMIT, &st),
+                     -KL_UNAVAILABLE);
+    assert_string_equal(st.message,
+                        "database connection lost inside a transaction");
+    assert_false(kl_pg_in_transaction(pg));
+
+    /* 3. The socket breaks between the round trips, unseen until the
+     * second one goes out: it fails and is not sent again elsewhere. */
+    assert_int_equal(s_tx(pg, &s3, 1, KL_PG_PIPE_BEGIN, &st), 0);
+    assert_int_equal(shutdown(PQsocket(kl_pg_conn(pg, &st)), SHUT_WR), 0);
+    assert_int_equal(s_tx(pg, NULL, 0, KL_PG_PIPE_COMMIT, &st),
+                     -KL_UNAVAILABLE);
+    assert_false(kl_pg_in_transaction(pg));
+
+    /* 4. Lost while the second round trip runs, before its COMMIT. */
+    assert_int_equal(s_tx(pg, &s3, 1, KL_PG_PIPE_BEGIN, &st), 0);
+    const kl_pg_stmt_t die = {
+        "ptx_die", "SELECT pg_terminate_backend(pg_backend_pid())", 0, NULL};
+    assert_int_equal(s_tx(pg, &die, 1, KL_PG_PIPE_COMMIT, &st),
+                     -KL_UNAVAILABLE);
+    assert_false(kl_pg_in_transaction(pg));
+    assert_int_equal(s_tx_committed("k = 502"), 0);
+
+    /* 5. BEGIN is outside a transaction: a connection that breaks on use
+     * is made again and the first round trip sent once more. */
+    assert_int_equal(shutdown(PQsocket(kl_pg_conn(pg, &st)), SHUT_WR), 0);
+    if (s_tx(pg, &s3, 1, KL_PG_PIPE_BEGIN, &st) < 0)
+        fail_msg("begin after the socket broke: %s", st.message);
+    assert_int_equal(s_tx(pg, NULL, 0, KL_PG_PIPE_COMMIT, &st), 0);
+    assert_int_equal(s_tx_committed("k = 502"), 1);
+    s_tx_assert_idle(pg);
+    kl_pg_destroy(&pg);
+}
+
 static const kl_pg_migration_t s_steps[] = {
     {1, "CREATE TABLE \"Mig Schema\".items (id int PRIMARY KEY);"
         "INSERT INTO \"Mig Schema\".items VALUES (1)"},
@@ -636,6 +964,12 @@ main(void)
         cmocka_unit_test(test_pipeline_results),
         cmocka_unit_test(test_pipeline_errors),
         cmocka_unit_test(test_pipeline_reconnect),
+        cmocka_unit_test(test_pipeline_tx_commit),
+        cmocka_unit_test(test_pipeline_tx_misuse),
+        cmocka_unit_test(test_pipeline_tx_begin_fails),
+        cmocka_unit_test(test_pipeline_tx_commit_fails),
+        cmocka_unit_test(test_pipeline_tx_rollback),
+        cmocka_unit_test(test_pipeline_tx_connection_lost),
         cmocka_unit_test(test_migrate),
     };
     return cmocka_run_group_tests(tests, s_group_setup, s_group_teardown);

@@ -57,29 +57,31 @@ s_general(const billing_intake_opts_t *opts, kl_pg_t *pg, const char *id,
 }
 
 /*
- * Two round trips (billing_events_preloadable types): BEGIN and the inbox
- * statement, which records the event and, only if it is new, reads and
- * locks the tenant's state; the decision from that state; the effect with
- * the outcome, and COMMIT.
+ * Two round trips (billing_events_preloadable types), two pipelines: BEGIN
+ * and the inbox statement, which records the event and, only if it is
+ * new, reads and locks the tenant's state; the decision from that state;
+ * the effect with the outcome, and COMMIT. kl_pg runs the second only on
+ * the first one's connection, still inside its transaction, and answers
+ * 0 only once COMMIT succeeded.
  */
 static int
-s_preloaded(const billing_intake_opts_t *opts, kl_pg_t *pg,
-            billing_pipe_t *pipe, const char *id, const char *type,
-            int64_t created, json_t *object, const billing_keys_t *keys,
-            billing_events_result_t *res, bool *duplicate, kl_status_t *st)
+s_preloaded(const billing_intake_opts_t *opts, kl_pg_t *pg, const char *id,
+            const char *type, int64_t created, json_t *object,
+            const billing_keys_t *keys, billing_events_result_t *res,
+            bool *duplicate, kl_status_t *st)
 {
     billing_intake_params_t ip;
-    billing_pipe_stmt_t stmt;
+    kl_pg_stmt_t stmt;
     PGresult *out = NULL;
     billing_store_intake_stmt(id, type, created, keys, &ip, &stmt);
-    int rc = billing_pipe_begin(pipe, pg, &stmt, 1, &out, st);
+    int rc = kl_pg_pipeline_ex(pg, &stmt, 1, KL_PG_PIPE_BEGIN, &out, st);
     if (rc < 0)
         return rc;
     billing_preload_t pre;
     bool fresh = billing_store_intake_read(out, keys, &pre);
     PQclear(out);
     if (!fresh) {
-        billing_pipe_rollback(pipe, pg);
+        kl_pg_rollback(pg);
         *duplicate = true;
         return 0;
     }
@@ -88,23 +90,22 @@ s_preloaded(const billing_intake_opts_t *opts, kl_pg_t *pg,
     if (rc == 0)
         rc = s_fault(opts, "webhook.decided", st);
     if (rc < 0) {
-        billing_pipe_rollback(pipe, pg);
+        kl_pg_rollback(pg);
         return rc;
     }
     billing_effect_params_t ep;
     billing_store_effect_stmt(&res->effect, id, res->tenant_id, res->outcome,
                               &ep, &stmt);
-    rc = billing_pipe_commit(pipe, pg, &stmt, 1, &out, st);
+    rc = kl_pg_pipeline_ex(pg, &stmt, 1, KL_PG_PIPE_COMMIT, &out, st);
     PQclear(out);
     return rc;
 }
 
 int
 billing_intake_handle(const billing_intake_opts_t *opts, kl_pg_t *pg,
-                      billing_pipe_t *pipe, const uint8_t *payload,
-                      size_t payload_len, const char *signature,
-                      char event_id[256], bool *duplicate, bool *queued,
-                      kl_status_t *st)
+                      const uint8_t *payload, size_t payload_len,
+                      const char *signature, char event_id[256],
+                      bool *duplicate, bool *queued, kl_status_t *st)
 {
     *duplicate = false;
     *queued = false;
@@ -149,8 +150,8 @@ billing_intake_handle(const billing_intake_opts_t *opts, kl_pg_t *pg,
     int64_t at = (int64_t)json_integer_value(created);
     if (billing_events_preloadable(type) &&
         billing_events_keys(type, object, &keys))
-        rc = s_preloaded(opts, pg, pipe, id, type, at, object, &keys, &res,
-                         duplicate, st);
+        rc = s_preloaded(opts, pg, id, type, at, object, &keys, &res, duplicate,
+                         st);
     else
         rc = s_general(opts, pg, id, type, at, object, &res, duplicate, st);
     json_decref(ev);

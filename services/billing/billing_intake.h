@@ -9,16 +9,15 @@
  *      stored state (billing_events) and written with the outbox rows and
  *      the inbox row's outcome, then COMMIT. Success means committed.
  *
- * Invoice events (billing_events_preloadable) take two round trips on the
- * worker's billing_pipe: BEGIN with the inbox statement, which also reads
- * and locks the tenant's state; then the effect with COMMIT. The others
- * take the general path on the kl_pg (BEGIN, inbox, advisory lock and
- * state, effect, COMMIT).
+ * Invoice events (billing_events_preloadable) take two round trips, two
+ * pipelines on the worker's kl_pg (kl_pg_pipeline_ex): BEGIN with the
+ * inbox statement, which also reads and locks the tenant's state; then
+ * the effect with COMMIT. The others take the general path (BEGIN, inbox,
+ * advisory lock and state, effect, COMMIT, a round trip each).
  */
 #ifndef BILLING_INTAKE_H
 #define BILLING_INTAKE_H
 
-#include "billing_pipe.h"
 #include "billing_plans.h"
 #include "kl_code.h"
 #include "kl_pg.h"
@@ -39,7 +38,7 @@ typedef struct {
 } billing_intake_opts_t;
 
 /*
- * Handles one delivery on a worker's connection pg and its pipe. Returns
+ * Handles one delivery on a worker's connection pg. Returns
  * 0 once the event is recorded (committed) or found recorded already
  * (*duplicate); event_id is the event's id, *queued whether outbox rows
  * were added (wake the outbox worker). Otherwise -code with status:
@@ -51,9 +50,8 @@ typedef struct {
  * service down for a price), INTERNAL for a bug.
  */
 int billing_intake_handle(const billing_intake_opts_t *opts, kl_pg_t *pg,
-                          billing_pipe_t *pipe, const uint8_t *payload,
-                          size_t payload_len, const char *signature,
-                          char event_id[256], bool *duplicate, bool *queued,
-                          kl_status_t *status);
+                          const uint8_t *payload, size_t payload_len,
+                          const char *signature, char event_id[256],
+                          bool *duplicate, bool *queued, kl_status_t *status);
 
 #endif

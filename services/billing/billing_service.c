@@ -13,7 +13,6 @@
 #include "billing_form.h"
 #include "billing_intake.h"
 #include "billing_outbox.h"
-#include "billing_pipe.h"
 #include "billing_plans.h"
 #include "billing_store.h"
 #include "billing_stripe.h"
@@ -841,7 +840,7 @@ s_handle_webhook(Kowloon__Billing__BillingService_Service *svc,
         .fault = self->fault,
         .fault_user = self->fault_user,
     };
-    int rc = billing_intake_handle(&opts, w->pg, w->extra, in->payload.data,
+    int rc = billing_intake_handle(&opts, w->pg, in->payload.data,
                                    in->payload.len, in->signature, event_id,
                                    &duplicate, &queued, &st);
     if (rc == 0 && queued)
@@ -862,23 +861,6 @@ s_handle_webhook(Kowloon__Billing__BillingService_Service *svc,
 
 /* --- object ------------------------------------------------------------------
  */
-
-/* Each worker's billing_pipe (w->extra), for the webhook intake. */
-static void *
-s_worker_init(int worker_index, void *user)
-{
-    (void)worker_index;
-    (void)user;
-    return billing_pipe_new();
-}
-
-static void
-s_worker_fini(void *extra, void *user)
-{
-    (void)user;
-    billing_pipe_t *pipe = extra;
-    billing_pipe_destroy(&pipe);
-}
 
 static const Kowloon__Billing__BillingService_Service s_base =
     KOWLOON__BILLING__BILLING_SERVICE__INIT(s_);
@@ -966,11 +948,8 @@ billing_service_new(const billing_service_opts_t *opts, kl_status_t *status)
     self->plans = billing_plans_new(flags, S_PLANS_TTL_MS);
     self->fault = opts->fault;
     self->fault_user = opts->fault_user;
-    self->std =
-        kl_service_new(&(kl_service_opts_t){.name = "billing",
-                                            .database_url = self->database_url,
-                                            .extra_init = s_worker_init,
-                                            .extra_fini = s_worker_fini});
+    self->std = kl_service_new(&(kl_service_opts_t){
+        .name = "billing", .database_url = self->database_url});
     return self;
 }
 

@@ -325,7 +325,7 @@ static const char s_effect_sql[] =
 void
 billing_store_effect_stmt(const billing_effect_t *e, const char *event_id,
                           const char *event_tenant, const char *outcome,
-                          billing_effect_params_t *p, billing_pipe_stmt_t *stmt)
+                          billing_effect_params_t *p, kl_pg_stmt_t *stmt)
 {
     const billing_row_t *r = &e->sub;
     bool tenant = e->tenant_id[0] != '\0';
@@ -366,8 +366,8 @@ billing_store_effect_stmt(const billing_effect_t *e, const char *event_id,
         outcome ? outcome : "",
     };
     memcpy(p->v, v, sizeof v);
-    *stmt = (billing_pipe_stmt_t){"billing_pipe_effect", s_effect_sql,
-                                  BILLING_EFFECT_NPARAMS, p->v};
+    *stmt = (kl_pg_stmt_t){"billing_effect", s_effect_sql,
+                           BILLING_EFFECT_NPARAMS, p->v};
 }
 
 int
@@ -376,10 +376,9 @@ billing_store_effect(kl_pg_t *pg, const billing_effect_t *e,
                      const char *outcome, kl_status_t *status)
 {
     billing_effect_params_t p;
-    billing_pipe_stmt_t stmt;
+    kl_pg_stmt_t stmt;
     billing_store_effect_stmt(e, event_id, event_tenant, outcome, &p, &stmt);
-    return s_run(pg, "billing_effect", stmt.sql, stmt.nparams, stmt.params,
-                 status);
+    return s_run(pg, stmt.name, stmt.sql, stmt.nparams, stmt.params, status);
 }
 
 /*
@@ -407,7 +406,7 @@ static const char s_intake_sql[] =
 void
 billing_store_intake_stmt(const char *id, const char *type, int64_t created,
                           const billing_keys_t *keys,
-                          billing_intake_params_t *p, billing_pipe_stmt_t *stmt)
+                          billing_intake_params_t *p, kl_pg_stmt_t *stmt)
 {
     snprintf(p->created, sizeof p->created, "%lld", (long long)created);
     p->v[0] = id;
@@ -416,8 +415,8 @@ billing_store_intake_stmt(const char *id, const char *type, int64_t created,
     p->v[3] = keys->candidate[0] ? keys->candidate : NULL;
     p->v[4] = keys->subscription_id;
     p->v[5] = keys->customer_id;
-    *stmt = (billing_pipe_stmt_t){"billing_pipe_intake", s_intake_sql,
-                                  BILLING_INTAKE_NPARAMS, p->v};
+    *stmt = (kl_pg_stmt_t){"billing_intake", s_intake_sql,
+                           BILLING_INTAKE_NPARAMS, p->v};
 }
 
 bool

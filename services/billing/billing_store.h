@@ -10,15 +10,13 @@
  *   outbox            tenant changes still to apply through TenantService
  *   idempotency_keys  Idempotency-Keys persisted before each Stripe POST
  *
- * Every statement is prepared once per connection under a "billing_" name
- * ("billing_pipe_" for billing_pipe's), except the outbox worker's take,
- * planned on each call. Functions return 0 or -code with status (kl_pg's
- * codes).
+ * Every statement is prepared once per connection (kl_pg) under a
+ * "billing_" name, except the outbox worker's take, planned on each call.
+ * Functions return 0 or -code with status (kl_pg's codes).
  */
 #ifndef BILLING_STORE_H
 #define BILLING_STORE_H
 
-#include "billing_pipe.h"
 #include "kl_code.h"
 #include "kl_pg.h"
 
@@ -111,8 +109,7 @@ int billing_store_effect(kl_pg_t *pg, const billing_effect_t *e,
                          const char *event_id, const char *event_tenant,
                          const char *outcome, kl_status_t *status);
 
-/* The same statement for billing_pipe, under another name (kl_pg and
- * billing_pipe keep separate lists of what they prepared). p holds the
+/* The same statement, for a pipeline (kl_pg_pipeline_ex). p holds the
  * parameters and must outlive the statement's use. */
 #define BILLING_EFFECT_NPARAMS 27
 typedef struct {
@@ -122,11 +119,10 @@ typedef struct {
 
 void billing_store_effect_stmt(const billing_effect_t *e, const char *event_id,
                                const char *event_tenant, const char *outcome,
-                               billing_effect_params_t *p,
-                               billing_pipe_stmt_t *stmt);
+                               billing_effect_params_t *p, kl_pg_stmt_t *stmt);
 
 /*
- * The webhook intake's first statement, for billing_pipe (docs/billing.md,
+ * The webhook intake's first statement, for a pipeline (docs/billing.md,
  * "Round trips"): records event (id, type, created) in the inbox unless it
  * is there already (a concurrent transaction inserting the same id makes
  * it wait for that one's end), and only when it was new: finds the tenant
@@ -155,8 +151,7 @@ typedef struct {
 /* id, type and keys must outlive the statement's use, as p. */
 void billing_store_intake_stmt(const char *id, const char *type,
                                int64_t created, const billing_keys_t *keys,
-                               billing_intake_params_t *p,
-                               billing_pipe_stmt_t *stmt);
+                               billing_intake_params_t *p, kl_pg_stmt_t *stmt);
 
 /* Reads the intake statement's result into out (keys copied). Returns
  * false when the event was recorded already (no row: nothing was read or

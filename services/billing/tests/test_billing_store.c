@@ -5,7 +5,6 @@
  * batch) and the rows that follow each taken one, the effect statement, and the
  * intake statement (records once, reads and locks only a new event's tenant).
  */
-#include "billing_pipe.h"
 #include "billing_store.h"
 #include "kl_alloc.h"
 #include "kl_pg.h"
@@ -384,17 +383,18 @@ test_effect(void **state)
     kl_pg_destroy(&pg);
 }
 
-/* Runs the intake statement for id with keys in a new transaction. */
+/* Runs the intake statement for id with keys in a new transaction, left
+ * open. */
 static bool
-s_intake(billing_pipe_t *pipe, kl_pg_t *pg, const char *id,
-         const billing_keys_t *keys, billing_preload_t *pre)
+s_intake(kl_pg_t *pg, const char *id, const billing_keys_t *keys,
+         billing_preload_t *pre)
 {
     billing_intake_params_t p;
-    billing_pipe_stmt_t stmt;
+    kl_pg_stmt_t stmt;
     billing_store_intake_stmt(id, "invoice.paid", 20, keys, &p, &stmt);
     PGresult *out = NULL;
     kl_status_t st;
-    if (billing_pipe_begin(pipe, pg, &stmt, 1, &out, &st) < 0)
+    if (kl_pg_pipeline_ex(pg, &stmt, 1, KL_PG_PIPE_BEGIN, &out, &st) < 0)
         fail_msg("intake: %s", st.message);
     bool fresh = billing_store_intake_read(out, keys, pre);
     PQclear(out);
@@ -440,11 +440,10 @@ test_intake(void **state)
         t, t);
     free(ok);
     kl_pg_t *pg = kl_pg_new(s_url), *other = kl_pg_new(s_url);
-    billing_pipe_t *pipe = billing_pipe_new();
     billing_preload_t *pre = kl_malloc(sizeof *pre);
     billing_keys_t keys = {
         .candidate = "", .subscription_id = "sub_in", .customer_id = "cus_in"};
-    assert_true(s_intake(pipe, pg, "evt_in1", &keys, pre));
+    assert_true(s_intake(pg, "evt_in1", &keys, pre));
     assert_true(pre->found);
     assert_string_equal(pre->row.tenant_id, t);
     assert_true(pre->row.has_subscription);
@@ -460,43 +459,43 @@ test_intake(void **state)
     billing_effect_t none;
     memset(&none, 0, sizeof none);
     billing_effect_params_t ep;
-    billing_pipe_stmt_t stmt;
+    kl_pg_stmt_t stmt;
     billing_store_effect_stmt(&none, "evt_in1", t, "done", &ep, &stmt);
     PGresult *out = NULL;
-    assert_int_equal(billing_pipe_commit(pipe, pg, &stmt, 1, &out, &st), 0);
+    assert_int_equal(
+        kl_pg_pipeline_ex(pg, &stmt, 1, KL_PG_PIPE_COMMIT, &out, &st), 0);
     PQclear(out);
     assert_true(s_lockable(other, t));
 
     /* Recorded already: no row, nothing locked. */
-    assert_false(s_intake(pipe, pg, "evt_in1", &keys, pre));
+    assert_false(s_intake(pg, "evt_in1", &keys, pre));
     assert_true(s_lockable(other, t));
-    billing_pipe_rollback(pipe, pg);
+    kl_pg_rollback(pg);
 
     /* By customer alone; by the event's own tenant id (no subscription
      * there); by nothing. */
     billing_keys_t by_customer = {.customer_id = "cus_in"};
-    assert_true(s_intake(pipe, pg, "evt_in2", &by_customer, pre));
+    assert_true(s_intake(pg, "evt_in2", &by_customer, pre));
     assert_true(pre->found);
     assert_string_equal(pre->row.tenant_id, t);
-    billing_pipe_rollback(pipe, pg);
+    kl_pg_rollback(pg);
     billing_keys_t by_id = {.subscription_id = "sub_in"};
     snprintf(by_id.candidate, sizeof by_id.candidate, "%s", u);
-    assert_true(s_intake(pipe, pg, "evt_in3", &by_id, pre));
+    assert_true(s_intake(pg, "evt_in3", &by_id, pre));
     assert_true(pre->found);
     assert_string_equal(pre->row.tenant_id, u);
     assert_false(pre->row.has_subscription);
-    billing_pipe_rollback(pipe, pg);
+    kl_pg_rollback(pg);
     billing_keys_t nothing;
     memset(&nothing, 0, sizeof nothing);
-    assert_true(s_intake(pipe, pg, "evt_in4", &nothing, pre));
+    assert_true(s_intake(pg, "evt_in4", &nothing, pre));
     assert_false(pre->found);
-    billing_pipe_rollback(pipe, pg);
+    kl_pg_rollback(pg);
     assert_int_equal(s_long("SELECT count(*) FROM billing.events WHERE id"
                             " LIKE 'evt_in%s'",
                             "%"),
                      1);
     free(pre);
-    billing_pipe_destroy(&pipe);
     kl_pg_destroy(&other);
     kl_pg_destroy(&pg);
 }
