@@ -565,6 +565,42 @@ kl_tenant_db_prepare_main(kl_pg_t *owner, const char *app_role,
     return rc;
 }
 
+char *
+kl_tenant_db_grant_sql(const char *qschema, const char *lschema,
+                       const char *qrole, const char *lrole)
+{
+    /* Only tables with row-level security enabled and forced: a table
+     * without (a migration ledger, a forgotten policy) stays out of the
+     * application role's reach rather than open to every tenant. Their
+     * serial/identity sequences (pg_depend 'a'/'i') get USAGE, which is
+     * nextval and currval; not SELECT (last_value would tell one tenant
+     * how many rows the others of a shared table made). format('%I') is
+     * the server's own identifier quoting. */
+    return kl_asprintf(
+        "GRANT USAGE ON SCHEMA %s TO %s;"
+        "DO $kl$ DECLARE r record; BEGIN"
+        " FOR r IN SELECT c.relname FROM pg_catalog.pg_class c"
+        "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        "  WHERE n.nspname = %s AND c.relkind IN ('r', 'p')"
+        "  AND c.relrowsecurity AND c.relforcerowsecurity LOOP"
+        "  EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE"
+        " ON %%I.%%I TO %%I', %s, r.relname, %s);"
+        " END LOOP;"
+        " FOR r IN SELECT s.relname FROM pg_catalog.pg_class s"
+        "  JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace"
+        "  JOIN pg_catalog.pg_depend d ON d.classid ="
+        " 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = s.oid"
+        "  AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass"
+        "  AND d.deptype IN ('a', 'i')"
+        "  JOIN pg_catalog.pg_class t ON t.oid = d.refobjid"
+        "  WHERE n.nspname = %s AND s.relkind = 'S'"
+        "  AND t.relrowsecurity AND t.relforcerowsecurity LOOP"
+        "  EXECUTE pg_catalog.format('GRANT USAGE ON SEQUENCE %%I.%%I TO %%I',"
+        " %s, r.relname, %s);"
+        " END LOOP; END $kl$;",
+        qschema, qrole, lschema, lschema, lrole, lschema, lschema, lrole);
+}
+
 int
 kl_tenant_db_grant_schema(kl_pg_t *owner, const char *schema,
                           const char *app_role, kl_status_t *status)
@@ -581,22 +617,9 @@ kl_tenant_db_grant_schema(kl_pg_t *owner, const char *schema,
                            "PQescapeLiteral() failed: %s",
                            conn ? PQerrorMessage(conn) : "no connection");
     if (rc == 0) {
-        /* Only tables with row-level security enabled and forced: a table
-         * without (a migration ledger, a forgotten policy) stays out of
-         * the application role's reach rather than open to every tenant.
-         * format('%I') is the server's own identifier quoting. */
-        char *sql = kl_asprintf(
-            "CREATE SCHEMA IF NOT EXISTS %s;"
-            "GRANT USAGE ON SCHEMA %s TO %s;"
-            "DO $kl$ DECLARE r record; BEGIN"
-            " FOR r IN SELECT c.relname FROM pg_catalog.pg_class c"
-            "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-            "  WHERE n.nspname = %s AND c.relkind IN ('r', 'p')"
-            "  AND c.relrowsecurity AND c.relforcerowsecurity LOOP"
-            "  EXECUTE pg_catalog.format('GRANT SELECT, INSERT, UPDATE, DELETE"
-            " ON %%I.%%I TO %%I', %s, r.relname, %s);"
-            " END LOOP; END $kl$",
-            qs, qs, qr, ls, ls, lr);
+        char *grant = kl_tenant_db_grant_sql(qs, ls, qr, lr);
+        char *sql = kl_asprintf("CREATE SCHEMA IF NOT EXISTS %s;%s", qs, grant);
+        free(grant);
         rc = s_locked_exec(owner, schema, sql, status);
         free(sql);
     }

@@ -176,12 +176,23 @@ PGresult *kl_tenant_read(kl_tenant_db_t *self, const kl_tenant_place_t *place,
 int kl_tenant_db_prepare_main(kl_pg_t *owner, const char *app_role,
                               kl_status_t *status);
 
+/* The SQL kl_tenant_db_grant_schema runs after creating the schema (and
+ * kowloon-migration in each migration's own transaction): USAGE on the
+ * schema; SELECT, INSERT, UPDATE, DELETE on each table with row-level
+ * security enabled and forced; USAGE (nextval, currval) on the sequences
+ * those tables' serial and identity columns own, so the role can insert
+ * rows; nothing else. qschema/qrole: PQescapeIdentifier'd; lschema/lrole:
+ * PQescapeLiteral'd. Several statements; caller frees. */
+char *kl_tenant_db_grant_sql(const char *qschema, const char *lschema,
+                             const char *qrole, const char *lrole);
+
 /* As the owner role on the database that holds schema (quoted here with
  * PQescapeIdentifier): creates the schema if missing, grants app_role
  * USAGE on it and SELECT, INSERT, UPDATE, DELETE on each of its tables
  * that has row-level security enabled and forced (never a table without,
  * such as a migration ledger; never TRUNCATE, REFERENCES or TRIGGER, which
- * row-level security does not govern). Run it again after migrations add
+ * row-level security does not govern), and USAGE on their owned sequences
+ * (kl_tenant_db_grant_sql). Run it again after migrations add
  * tables. Under an advisory lock on the schema's name; idempotent. */
 int kl_tenant_db_grant_schema(kl_pg_t *owner, const char *schema,
                               const char *app_role, kl_status_t *status);

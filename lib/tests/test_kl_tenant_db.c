@@ -927,6 +927,76 @@ test_read_reconnect(void **state)
     kl_tenant_db_destroy(&t);
 }
 
+/* --- grants --------------------------------------------------------------- */
+
+/* kl_tenant_db_grant_schema: the RLS-forced tables and the sequences their
+ * serial and identity columns own (USAGE only), nothing else; the role can
+ * then insert into a table whose key is a serial. */
+static void
+test_grant_schema_sequences(void **state)
+{
+    (void)state;
+    s_exec(s_owner_db,
+           "CREATE SCHEMA seqs; SET search_path = seqs;"
+           "CREATE TABLE numbered (id bigserial PRIMARY KEY, tenant_id uuid"
+           " NOT NULL DEFAULT NULLIF(current_setting('app.tenant_id', true),"
+           " '')::uuid, label text NOT NULL);"
+           "CREATE TABLE ident (id int GENERATED ALWAYS AS IDENTITY, tenant_id"
+           " uuid NOT NULL DEFAULT NULLIF(current_setting('app.tenant_id',"
+           " true), '')::uuid);"
+           "CREATE TABLE plain (id serial, note text);"
+           "CREATE SEQUENCE loose;"
+           "ALTER TABLE numbered ENABLE ROW LEVEL SECURITY;"
+           "ALTER TABLE numbered FORCE ROW LEVEL SECURITY;"
+           "ALTER TABLE ident ENABLE ROW LEVEL SECURITY;"
+           "ALTER TABLE ident FORCE ROW LEVEL SECURITY;"
+           "CREATE POLICY t ON numbered USING (tenant_id = NULLIF("
+           "current_setting('app.tenant_id', true), '')::uuid);"
+           "CREATE POLICY t ON ident USING (tenant_id = NULLIF("
+           "current_setting('app.tenant_id', true), '')::uuid)");
+    kl_pg_t *owner = kl_pg_new(s_owner_db);
+    kl_status_t st;
+    if (kl_tenant_db_grant_schema(owner, "seqs", s_app, &st) < 0)
+        fail_msg("grant: %s", st.message);
+    /* Idempotent. */
+    assert_int_equal(kl_tenant_db_grant_schema(owner, "seqs", s_app, &st), 0);
+    kl_pg_destroy(&owner);
+    char *sql = kl_asprintf(
+        "SELECT string_agg(s || ':' || has_sequence_privilege('%s', s,"
+        " 'USAGE')::text || ',' || has_sequence_privilege('%s', s,"
+        " 'SELECT')::text || ',' || has_sequence_privilege('%s', s,"
+        " 'UPDATE')::text, ' ' ORDER BY s) FROM unnest(ARRAY["
+        "'seqs.numbered_id_seq', 'seqs.ident_id_seq', 'seqs.plain_id_seq',"
+        " 'seqs.loose']) s",
+        s_app, s_app, s_app);
+    char *v = kl_test_db_value(s_super_db, sql);
+    assert_string_equal(v, "seqs.ident_id_seq:true,false,false "
+                           "seqs.loose:false,false,false "
+                           "seqs.numbered_id_seq:true,false,false "
+                           "seqs.plain_id_seq:false,false,false");
+    free(v);
+    free(sql);
+    /* The application role inserts rows numbered by the sequences. */
+    kl_tenant_db_t *t = s_tdb(2);
+    kl_tenant_place_t p;
+    assert_int_equal(
+        kl_tenant_place(s_d1, KL_ISOLATION_ROW, "seqs", NULL, &p, &st), 0);
+    char *id1 = s_scoped_value(
+        t, &p, "INSERT INTO numbered (label) VALUES ('a') RETURNING id");
+    char *id2 = s_scoped_value(
+        t, &p, "INSERT INTO numbered (label) VALUES ('b') RETURNING id");
+    assert_true(atol(id2) > atol(id1));
+    char *id3 =
+        s_scoped_value(t, &p, "INSERT INTO ident DEFAULT VALUES RETURNING id");
+    assert_string_equal(id3, "1");
+    free(id1);
+    free(id2);
+    free(id3);
+    kl_tenant_db_destroy(&t);
+    s_exec(s_owner_db, "SET client_min_messages = warning;"
+                       "DROP SCHEMA seqs CASCADE");
+}
+
 int
 main(void)
 {
@@ -942,6 +1012,7 @@ main(void)
         cmocka_unit_test(test_read_schema_and_database_models),
         cmocka_unit_test(test_read_fence),
         cmocka_unit_test(test_read_reconnect),
+        cmocka_unit_test(test_grant_schema_sequences),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
