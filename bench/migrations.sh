@@ -95,20 +95,27 @@ PG_PORT=$BENCH_PG_PORT
 PG_SOCK=$BENCH_PG_SOCK
 psqlq() { PGOPTIONS=--client-min-messages=warning psql -q -X -v ON_ERROR_STOP=1 -h "$PG_SOCK" -p "$PG_PORT" -U postgres "$@"; }
 
+# Every measurement gets a database of its own, and none is dropped before
+# the bench ends (the scratch dir goes, PostgreSQL's data with it): dropping
+# one deletes tens of thousands of files, and for minutes after that ext4
+# creates files markedly slower (its inode allocator skips recently freed
+# inodes; a profile of the next run shows the kernel's ext4_new_inode
+# search, find_inode_bit / recently_deleted, as PostgreSQL's top cost), so
+# whichever side ran after a drop paid for the other's clean-up.
+
 # anchor_measure N -> ANCHOR_S: node migrate-all.js N (it drops and creates
 # its N schemas before its clock starts).
 anchor_measure() {
-    local n=$1 out
-    psqlq -d postgres -c "DROP DATABASE IF EXISTS seed WITH (FORCE)" -c "CREATE DATABASE seed" >&2
+    local n=$1 out db=seed_$1
+    psqlq -d postgres -c "CREATE DATABASE $db" >&2
     bench_say "anchor: node migrate-all.js $n"
-    out=$(cd "$BENCH_ANCHOR_DIR" && PGHOST=$PG_SOCK PGPORT=$PG_PORT PGUSER=postgres PGDATABASE=seed \
+    out=$(cd "$BENCH_ANCHOR_DIR" && PGHOST=$PG_SOCK PGPORT=$PG_PORT PGUSER=postgres PGDATABASE=$db \
         node migrate-all.js "$n") || bench_die "node migrate-all.js $n failed"
     ANCHOR_S=$(printf '%s\n' "$out" | tail -n1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["seconds"])') ||
         bench_die "could not read the anchor's output: $out"
     local tables
-    tables=$(psqlq -d seed -At -c "SELECT count(*) FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace WHERE s.nspname LIKE 'tenant\\_%' AND c.relname = 'tasks' AND a.attname = 'notes'")
+    tables=$(psqlq -d "$db" -At -c "SELECT count(*) FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid JOIN pg_catalog.pg_namespace s ON s.oid = c.relnamespace WHERE s.nspname LIKE 'tenant\\_%' AND c.relname = 'tasks' AND a.attname = 'notes'")
     [ "$tables" = "$n" ] || bench_die "anchor: $tables of $n schemas have tasks.notes"
-    psqlq -d postgres -c "DROP DATABASE seed WITH (FORCE)" >&2
     bench_say "anchor: $n tenants in $ANCHOR_S s"
 }
 
@@ -116,8 +123,8 @@ anchor_measure() {
 # schema tenants, INSTANCES kowloon-migration processes, the clock around
 # `kowloonctl migrate run --wait`.
 kowloon_measure() {
-    local n=$1 instances=$2 db=kowloon_bench url tport i eps=() pids=() t0 t1 status
-    psqlq -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db" >&2
+    local n=$1 instances=$2 db=kowloon_bench_$1_$2 url tport i eps=() pids=() t0 t1 status
+    psqlq -d postgres -c "CREATE DATABASE $db" >&2
     url="postgresql://postgres@127.0.0.1:$PG_PORT/$db"
     tport=$(kl_free_port)
     bench_start "$BENCH_TMP/tenant-$n-$instances.log" env KOWLOON_DATABASE_URL="$url" \
@@ -181,7 +188,6 @@ assert s["state"] == "finished" and s["done"] == n + 1 and s["failed"] == 0 and 
     [ "$tables" = "$n" ] || bench_die "kowloon: $tables of $n schemas have tasks.notes"
     for i in "${pids[@]}"; do bench_stop "$i"; done
     bench_stop "$tenant_pid"
-    psqlq -d postgres -c "DROP DATABASE $db WITH (FORCE)" >&2
     bench_say "kowloon: $n tenants in $KOWLOON_S s ($instances instance(s))"
 }
 

@@ -11,6 +11,8 @@
  * what is applied; the service's ledger (migration_store) mirrors it and is
  * reconciled from it, which is what makes a crashed run resumable without
  * applying anything twice. Reading the history creates nothing.
+ * Migrations are applied one per transaction (migration_apply_one) or
+ * several in one (migration_batch_apply), each with its history row.
  *
  * Not thread-safe: one per worker thread.
  */
@@ -90,20 +92,41 @@ int migration_apply_one(migration_apply_t *self, const migration_target_t *t,
                         const migration_file_t *file, int64_t *duration_ms,
                         kl_status_t *status);
 
-/* For a tenant's target (run workers; not ProvisionTenant, which a move
+/* For a tenant's target t (run workers; not ProvisionTenant, which a move
  * calls while it holds the lock itself): takes the tenant's move lock
  * (KL_TENANT_LOCK_SQL) shared, without waiting, on the session of the main
  * database's connection, so that a move (which takes it exclusive) waits
- * until the migration is over. Returns 1 when held (give it back with
- * migration_apply_unhold_tenant), 0 when a move holds or awaits it, or
- * -code. When held, isolation gets the tenant's model of record in the
- * placement fence (KL_TENANT_FENCE_TABLE: "schema", "database", "row" when
- * the tenant has no fence entry, "" when there is no fence table). */
-int migration_apply_hold_tenant(migration_apply_t *self, const char *tenant_id,
-                                char *isolation, size_t size,
-                                kl_status_t *status);
-void migration_apply_unhold_tenant(migration_apply_t *self,
-                                   const char *tenant_id);
+ * until the migration is over. Returns 1 when held (migration_apply_unlock
+ * or the last migration_batch_apply gives it back), 0 when a move holds or
+ * awaits it, or -code (nothing held). When held, isolation gets the
+ * tenant's model of record in the placement fence (KL_TENANT_FENCE_TABLE:
+ * "schema", "database", "row" when the tenant has no fence entry, "" when
+ * there is no fence table).
+ *
+ * The same round trip reads the fence and, for a target on the main
+ * database whose history table is known, does migration_apply_lock's work
+ * too (each read with a snapshot taken after the locks): the next
+ * migration_apply_lock for t answers from it. */
+int migration_apply_hold_tenant(migration_apply_t *self,
+                                const migration_target_t *t, char *isolation,
+                                size_t size, kl_status_t *status);
+
+/* Takes t's apply lock, then reads t's history as migration_apply_history
+ * does. The apply lock is a session-level advisory lock on t's own
+ * connection (its database), waited for: a dead instance's connection may
+ * still be running t's last transaction on the server (the server learns
+ * of a dead client only when it next talks to it), and the lock comes only
+ * once that transaction has ended, so the history read after it is the
+ * truth and nothing is applied twice. Held until migration_apply_unlock
+ * or the last migration_batch_apply; errors as migration_apply_history
+ * (the lock may be held then: unlock). */
+int migration_apply_lock(migration_apply_t *self, const migration_target_t *t,
+                         migration_applied_t **out, size_t *n,
+                         kl_status_t *status);
+
+/* Gives back whatever is still held: the apply lock, the tenant's move
+ * lock (one round trip when both are on the main database). */
+void migration_apply_unlock(migration_apply_t *self);
 
 /* Closes a tenant-database connection kept for t (none for the main
  * server's targets). */

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 /* Versions above this are refused: they would not fit the ledger's int. */
@@ -68,6 +69,149 @@ migration_files_sha256(const void *data, size_t len,
         out[2 * i + 1] = hex[md[i] & 15];
     }
     out[MIGRATION_CHECKSUM_LEN] = '\0';
+}
+
+/* --- batching ------------------------------------------------------------ */
+
+/* Keywords that, leading a statement, keep a file out of a shared
+ * transaction: they end or nest the transaction, or change settings that
+ * would outlast the file and reach the next one (docs/migrations.md). */
+static const char *const s_solo_keywords[] = {
+    "abort",   "begin", "commit",   "discard",   "end", "prepare",
+    "release", "reset", "rollback", "savepoint", "set", "start"};
+
+static int
+s_ident_start(unsigned char c)
+{
+    return isalpha(c) || c == '_' || c >= 0x80;
+}
+
+static int
+s_ident_char(unsigned char c)
+{
+    return s_ident_start(c) || isdigit(c) || c == '$';
+}
+
+static int
+s_solo(const char *word, size_t len)
+{
+    for (size_t k = 0; k < sizeof s_solo_keywords / sizeof *s_solo_keywords;
+         k++)
+        if (strlen(s_solo_keywords[k]) == len &&
+            strncasecmp(word, s_solo_keywords[k], len) == 0)
+            return 1;
+    return 0;
+}
+
+/* Skips the quoted run opened by q at sql[*i]: a doubled q stands for one,
+ * and with backslash set a backslash escapes the next byte (E'...').
+ * Returns 0 past the closing quote, or -1 when it never closes. */
+static int
+s_skip_quoted(const char *sql, size_t len, size_t *i, char q, int backslash)
+{
+    size_t k = *i + 1;
+    while (k < len) {
+        if (backslash && sql[k] == '\\') {
+            k += 2;
+            continue;
+        }
+        if (sql[k] == q) {
+            if (k + 1 < len && sql[k + 1] == q) {
+                k += 2;
+                continue;
+            }
+            *i = k + 1;
+            return 0;
+        }
+        k++;
+    }
+    return -1;
+}
+
+/* At sql[*i] == '$': skips a dollar-quoted string ($$...$$, $tag$...$tag$)
+ * and returns 0, or returns 1 (one byte skipped) when this '$' opens none
+ * (a parameter such as $1), or -1 when the quote never closes. */
+static int
+s_skip_dollar(const char *sql, size_t len, size_t *i)
+{
+    size_t k = *i + 1;
+    if (k < len && sql[k] != '$' && !s_ident_start((unsigned char)sql[k])) {
+        (*i)++;
+        return 1;
+    }
+    while (k < len && sql[k] != '$' && s_ident_char((unsigned char)sql[k]))
+        k++;
+    if (k >= len || sql[k] != '$') {
+        (*i)++;
+        return 1;
+    }
+    size_t tag_len = k - *i + 1; /* "$tag$" */
+    const char *tag = sql + *i;
+    for (size_t j = k + 1; j + tag_len <= len; j++)
+        if (sql[j] == '$' && memcmp(sql + j, tag, tag_len) == 0) {
+            *i = j + tag_len;
+            return 0;
+        }
+    return -1;
+}
+
+int
+migration_files_batchable(const char *sql, size_t len)
+{
+    size_t i = 0;
+    int stmt_start = 1; /* the next word begins a statement */
+    while (i < len) {
+        unsigned char c = (unsigned char)sql[i];
+        if (isspace(c)) {
+            i++;
+        } else if (c == '-' && i + 1 < len && sql[i + 1] == '-') {
+            while (i < len && sql[i] != '\n')
+                i++;
+        } else if (c == '/' && i + 1 < len && sql[i + 1] == '*') {
+            /* Block comments nest. */
+            int depth = 0;
+            do {
+                if (i + 1 < len && sql[i] == '/' && sql[i + 1] == '*') {
+                    depth++;
+                    i += 2;
+                } else if (i + 1 < len && sql[i] == '*' && sql[i + 1] == '/') {
+                    depth--;
+                    i += 2;
+                } else {
+                    i++;
+                }
+            } while (depth > 0 && i < len);
+            if (depth > 0)
+                return 0;
+        } else if (c == ';') {
+            stmt_start = 1;
+            i++;
+        } else if (c == '\'' || c == '"') {
+            if (s_skip_quoted(sql, len, &i, (char)c, 0) < 0)
+                return 0;
+            stmt_start = 0;
+        } else if (c == '$') {
+            if (s_skip_dollar(sql, len, &i) < 0)
+                return 0;
+            stmt_start = 0;
+        } else if (s_ident_start(c)) {
+            size_t w = i;
+            while (i < len && s_ident_char((unsigned char)sql[i]))
+                i++;
+            if (i - w == 1 && (sql[w] == 'E' || sql[w] == 'e') && i < len &&
+                sql[i] == '\'') {
+                if (s_skip_quoted(sql, len, &i, '\'', 1) < 0)
+                    return 0;
+            } else if (stmt_start && s_solo(sql + w, i - w)) {
+                return 0;
+            }
+            stmt_start = 0;
+        } else {
+            stmt_start = 0;
+            i++;
+        }
+    }
+    return 1;
 }
 
 /* Reads the whole of path into a new buffer (NUL-terminated). */
@@ -177,6 +321,7 @@ migration_files_load(const char *dir, kl_status_t *status)
             break;
         }
         migration_files_sha256(f->sql, f->sql_len, f->checksum);
+        f->batchable = migration_files_batchable(f->sql, f->sql_len);
     }
     closedir(d);
     if (rc < 0) {

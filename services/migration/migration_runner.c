@@ -84,8 +84,15 @@ s_one(migration_runner_t *self, kl_pg_t *ctrl, migration_apply_t *ap)
     int64_t started = kl_now_unix_ms();
     int64_t t1 = kl_now_mono_ms();
     migration_work_result_t res;
-    rc = migration_work_target(ctrl, ap, self->files, &t, run_id, true, &res,
-                               &st);
+    /* The claim took the target's lock; the ledger rows and the target's
+     * state go in one statement. */
+    migration_work_opts_t o = {.run_id = run_id,
+                               .hold_tenant = true,
+                               .target_locked = true,
+                               .finish = true,
+                               .instance = self->instance,
+                               .started_ms = started};
+    rc = migration_work_target(ctrl, ap, self->files, &t, &o, &res, &st);
     int64_t t2 = kl_now_mono_ms();
     if (rc == 0 && res.moving) {
         /* A move holds the tenant: the target stays pending, marked, and
@@ -110,13 +117,7 @@ s_one(migration_runner_t *self, kl_pg_t *ctrl, migration_apply_t *ap)
     if (rc == 0 && res.moved)
         KL_LOG(KL_INFO, "run %" PRId64 ": %s", run_id, res.error);
     if (rc == 0) {
-        rc = migration_store_target_done(
-            ctrl, run_id, &t, res.failed, res.failed_version, res.error,
-            res.n_applied, self->instance, started, &st);
-        if (rc == 0)
-            rc = kl_pg_commit(ctrl, &st);
-        else
-            kl_pg_rollback(ctrl);
+        rc = kl_pg_commit(ctrl, &st);
         if (rc == 0 && res.failed)
             KL_LOG(KL_WARN, "run %" PRId64 ": %s failed: %s", run_id, t.target,
                    res.error);

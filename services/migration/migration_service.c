@@ -413,8 +413,8 @@ s_provision_tenant(Kowloon__Migration__MigrationService_Service *svc,
     migration_work_result_t res;
     rc = kl_pg_begin(w->pg, &st);
     if (rc == 0)
-        rc = migration_work_target(w->pg, s_ap(w), self->files, &t, 0, false,
-                                   &res, &st);
+        rc = migration_work_target(w->pg, s_ap(w), self->files, &t,
+                                   &(migration_work_opts_t){0}, &res, &st);
     if (rc == 0)
         rc = kl_pg_commit(w->pg, &st);
     else if (kl_pg_in_transaction(w->pg))

@@ -111,6 +111,21 @@ s_put_num(s_buf_t *b, int64_t v, int first)
 
 /* --- runs ---------------------------------------------------------------- */
 
+/* Inside the transaction that added a run's targets: fresh statistics for
+ * run_targets. The claim is a prepared statement, planned once per
+ * connection, typically while the table was still empty; planned on those
+ * statistics it reads and sorts every pending target of the run on every
+ * claim (quadratic in the run's size). The new statistics (counting the
+ * rows this transaction added) commit with the run, and the change
+ * invalidates every connection's cached plan: the next claim is planned
+ * again and takes the first unlocked target from run_targets_pending in
+ * index order. Cheap: ANALYZE samples at most 30,000 rows. */
+static int
+s_analyze_targets(kl_pg_t *pg, kl_status_t *status)
+{
+    return kl_pg_exec(pg, "ANALYZE migration.run_targets", status);
+}
+
 int
 migration_store_create_run(kl_pg_t *pg, int latest_version,
                            const migration_target_t *targets, size_t n,
@@ -166,6 +181,8 @@ migration_store_create_run(kl_pg_t *pg, int latest_version,
         if (!res)
             goto fail;
         PQclear(res);
+        if (s_analyze_targets(pg, status) < 0)
+            goto fail;
     }
     return kl_pg_commit(pg, status);
 fail:
@@ -248,6 +265,8 @@ migration_store_retry_run(kl_pg_t *pg, int64_t run_id, int latest_version,
     if (!res)
         goto fail;
     PQclear(res);
+    if (s_analyze_targets(pg, status) < 0)
+        goto fail;
     return kl_pg_commit(pg, status);
 fail:
     kl_pg_rollback(pg);
@@ -264,15 +283,20 @@ migration_store_claim(kl_pg_t *pg, migration_target_t *t, int64_t *run_id,
     if (rc < 0)
         return rc;
     /* SKIP LOCKED: a target another worker (in any instance) holds is
-     * passed over, never waited for and never taken twice. */
+     * passed over, never waited for and never taken twice. The target's
+     * advisory lock (migration_store_lock_target's) is taken in the same
+     * statement, on the one row claimed only: the claim is materialized
+     * first, so no row that SKIP LOCKED passes over is ever locked. */
     PGresult *res = kl_pg_query(
-        pg, "migration_claim",
-        "SELECT rt.run_id, rt.target, rt.tenant_id, rt.isolation,"
-        " rt.schema_name, rt.db_name, rt.db_server"
+        pg, "migration_claim_lock",
+        "WITH c AS MATERIALIZED (SELECT rt.run_id, rt.target, rt.tenant_id,"
+        " rt.isolation, rt.schema_name, rt.db_name, rt.db_server"
         " FROM migration.run_targets rt"
         " WHERE rt.state = 'pending' AND rt.run_id IN"
         " (SELECT id FROM migration.runs WHERE state = 'running')"
-        " ORDER BY rt.run_id, rt.seq LIMIT 1 FOR UPDATE OF rt SKIP LOCKED",
+        " ORDER BY rt.run_id, rt.seq LIMIT 1 FOR UPDATE OF rt SKIP LOCKED)"
+        " SELECT c.*, pg_advisory_xact_lock(hashtextextended("
+        "'kowloon.migration:' || c.target, 0)) FROM c",
         0, NULL, status);
     if (!res) {
         kl_pg_rollback(pg);
@@ -311,13 +335,11 @@ migration_store_lock_target(kl_pg_t *pg, const migration_target_t *t,
     return 0;
 }
 
-int
-migration_store_ledger(kl_pg_t *pg, const migration_target_t *t, int64_t run_id,
-                       const migration_ledger_row_t *rows, size_t n,
-                       kl_status_t *status)
+/* The ledger rows as the 8 array literals of s_ledger_sql's $4..$11
+ * (caller frees each). */
+static void
+s_ledger_arrays(const migration_ledger_row_t *rows, size_t n, char *out[8])
 {
-    if (n == 0)
-        return 0;
     s_buf_t a[8] = {{0}};
     for (int k = 0; k < 8; k++)
         s_put(&a[k], "{", 1);
@@ -333,37 +355,51 @@ migration_store_ledger(kl_pg_t *pg, const migration_target_t *t, int64_t run_id,
         s_put_num(&a[6], r->duration_ms, first);
         s_put_elem(&a[7], r->error ? r->error : "", first);
     }
-    for (int k = 0; k < 8; k++)
+    for (int k = 0; k < 8; k++) {
         s_put(&a[k], "}", 1);
+        out[k] = a[k].buf;
+    }
+}
+
+/* The ledger upsert: $1 target, $2 tenant, $3 run (0: none), $4..$11 the
+ * rows' arrays. A row reconciled from the target's history (started 0)
+ * fills a gap in the ledger and never overwrites what a run recorded. */
+#define S_LEDGER_SQL                                                           \
+    "INSERT INTO migration.ledger AS l (target, version, tenant_id, name,"     \
+    " checksum, state, run_id, started_at, finished_at, duration_ms,"          \
+    " error)"                                                                  \
+    " SELECT $1, x.v, $2, x.n, x.c, x.s, nullif($3::bigint, 0),"               \
+    " CASE WHEN x.st > 0 THEN to_timestamp(x.st / 1000.0) END,"                \
+    " CASE WHEN x.ft > 0 THEN to_timestamp(x.ft / 1000.0) END,"                \
+    " x.d, nullif(x.e, '')"                                                    \
+    " FROM unnest($4::int[], $5::text[], $6::text[], $7::text[],"              \
+    " $8::bigint[], $9::bigint[], $10::bigint[], $11::text[])"                 \
+    " AS x(v, n, c, s, st, ft, d, e)"                                          \
+    " ON CONFLICT (target, version) DO UPDATE SET"                             \
+    " tenant_id = excluded.tenant_id, name = excluded.name,"                   \
+    " checksum = excluded.checksum, state = excluded.state,"                   \
+    " run_id = excluded.run_id, started_at = excluded.started_at,"             \
+    " finished_at = excluded.finished_at,"                                     \
+    " duration_ms = excluded.duration_ms, error = excluded.error"              \
+    " WHERE excluded.started_at IS NOT NULL OR l.state <> 'applied'"
+
+int
+migration_store_ledger(kl_pg_t *pg, const migration_target_t *t, int64_t run_id,
+                       const migration_ledger_row_t *rows, size_t n,
+                       kl_status_t *status)
+{
+    if (n == 0)
+        return 0;
+    char *a[8];
+    s_ledger_arrays(rows, n, a);
     char run[32];
     snprintf(run, sizeof run, "%" PRId64, run_id);
-    const char *p[] = {t->target, t->tenant_id, run,      a[0].buf,
-                       a[1].buf,  a[2].buf,     a[3].buf, a[4].buf,
-                       a[5].buf,  a[6].buf,     a[7].buf};
-    /* A row reconciled from the target's history (started 0) fills a gap
-     * in the ledger and never overwrites what a run recorded. */
-    PGresult *res = kl_pg_query(
-        pg, "migration_ledger",
-        "INSERT INTO migration.ledger AS l (target, version, tenant_id, name,"
-        " checksum, state, run_id, started_at, finished_at, duration_ms,"
-        " error)"
-        " SELECT $1, x.v, $2, x.n, x.c, x.s, nullif($3::bigint, 0),"
-        " CASE WHEN x.st > 0 THEN to_timestamp(x.st / 1000.0) END,"
-        " CASE WHEN x.ft > 0 THEN to_timestamp(x.ft / 1000.0) END,"
-        " x.d, nullif(x.e, '')"
-        " FROM unnest($4::int[], $5::text[], $6::text[], $7::text[],"
-        " $8::bigint[], $9::bigint[], $10::bigint[], $11::text[])"
-        " AS x(v, n, c, s, st, ft, d, e)"
-        " ON CONFLICT (target, version) DO UPDATE SET"
-        " tenant_id = excluded.tenant_id, name = excluded.name,"
-        " checksum = excluded.checksum, state = excluded.state,"
-        " run_id = excluded.run_id, started_at = excluded.started_at,"
-        " finished_at = excluded.finished_at,"
-        " duration_ms = excluded.duration_ms, error = excluded.error"
-        " WHERE excluded.started_at IS NOT NULL OR l.state <> 'applied'",
-        11, p, status);
+    const char *p[] = {t->target, t->tenant_id, run,  a[0], a[1], a[2],
+                       a[3],      a[4],         a[5], a[6], a[7]};
+    PGresult *res =
+        kl_pg_query(pg, "migration_ledger", S_LEDGER_SQL, 11, p, status);
     for (int k = 0; k < 8; k++)
-        free(a[k].buf);
+        free(a[k]);
     if (!res)
         return -(int)status->code;
     PQclear(res);
@@ -371,34 +407,41 @@ migration_store_ledger(kl_pg_t *pg, const migration_target_t *t, int64_t run_id,
 }
 
 int
-migration_store_target_done(kl_pg_t *pg, int64_t run_id,
-                            const migration_target_t *t, int failed,
-                            int failed_version, const char *error, int applied,
-                            const char *instance, int64_t started_ms,
-                            kl_status_t *status)
+migration_store_target_finish(kl_pg_t *pg, int64_t run_id,
+                              const migration_target_t *t,
+                              const migration_ledger_row_t *rows, size_t n,
+                              const migration_target_outcome_t *o,
+                              kl_status_t *status)
 {
+    char *a[8];
+    s_ledger_arrays(rows, n, a);
     char run[32], fv[16], ap[16], st[32];
     snprintf(run, sizeof run, "%" PRId64, run_id);
-    snprintf(fv, sizeof fv, "%d", failed_version);
-    snprintf(ap, sizeof ap, "%d", applied);
-    snprintf(st, sizeof st, "%" PRId64, started_ms);
-    const char *p[] = {run,
-                       t->target,
-                       failed ? "failed" : "done",
-                       fv,
-                       error ? error : "",
-                       ap,
-                       instance,
+    snprintf(fv, sizeof fv, "%d", o->failed_version);
+    snprintf(ap, sizeof ap, "%d", o->applied);
+    snprintf(st, sizeof st, "%" PRId64, o->started_ms);
+    const char *p[] = {t->target, t->tenant_id,
+                       run,       a[0],
+                       a[1],      a[2],
+                       a[3],      a[4],
+                       a[5],      a[6],
+                       a[7],      o->failed ? "failed" : "done",
+                       fv,        o->error ? o->error : "",
+                       ap,        o->instance ? o->instance : "",
                        st};
+    /* One statement: the ledger rows (none is fine) and the run's target. */
     PGresult *res = kl_pg_query(
-        pg, "migration_target_done",
-        "UPDATE migration.run_targets SET state = $3,"
-        " failed_version = nullif($4::int, 0), error = nullif($5, ''),"
-        " applied = $6::int, instance = $7,"
-        " started_at = to_timestamp($8::bigint / 1000.0),"
+        pg, "migration_target_finish",
+        "WITH ledger AS (" S_LEDGER_SQL ")"
+        " UPDATE migration.run_targets SET state = $12,"
+        " failed_version = nullif($13::int, 0), error = nullif($14, ''),"
+        " applied = $15::int, instance = $16,"
+        " started_at = to_timestamp($17::bigint / 1000.0),"
         " finished_at = clock_timestamp()"
-        " WHERE run_id = $1::bigint AND target = $2",
-        8, p, status);
+        " WHERE run_id = $3::bigint AND target = $1",
+        17, p, status);
+    for (int k = 0; k < 8; k++)
+        free(a[k]);
     if (!res)
         return -(int)status->code;
     PQclear(res);
@@ -469,15 +512,14 @@ migration_store_status(kl_pg_t *pg, int64_t run_id, int max_failures,
         "  'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), ''),"
         " (extract(epoch FROM coalesce(r.finished_at, clock_timestamp())"
         "  - r.created_at) * 1000)::bigint,"
-        " (SELECT count(*) FROM migration.run_targets t"
-        "  WHERE t.run_id = r.id AND t.state = 'done'),"
-        " (SELECT count(*) FROM migration.run_targets t"
-        "  WHERE t.run_id = r.id AND t.state = 'failed'),"
-        " (SELECT count(*) FROM migration.run_targets t"
-        "  WHERE t.run_id = r.id AND t.state = 'pending'),"
-        " (SELECT coalesce(sum(applied), 0) FROM migration.run_targets t"
-        "  WHERE t.run_id = r.id)"
-        " FROM migration.runs r WHERE r.id = CASE WHEN $1::bigint = 0 THEN"
+        " s.done, s.failed, s.pending, s.applied"
+        " FROM migration.runs r CROSS JOIN LATERAL (SELECT"
+        "  count(*) FILTER (WHERE t.state = 'done') AS done,"
+        "  count(*) FILTER (WHERE t.state = 'failed') AS failed,"
+        "  count(*) FILTER (WHERE t.state = 'pending') AS pending,"
+        "  coalesce(sum(t.applied), 0) AS applied"
+        "  FROM migration.run_targets t WHERE t.run_id = r.id) s"
+        " WHERE r.id = CASE WHEN $1::bigint = 0 THEN"
         " (SELECT max(id) FROM migration.runs) ELSE $1::bigint END",
         1, p, status);
     if (!res)

@@ -45,9 +45,11 @@ int migration_store_retry_run(kl_pg_t *pg, int64_t run_id, int latest_version,
                               int64_t *new_run_id, int *n_targets,
                               kl_status_t *status);
 
-/* Begins a transaction and claims one pending target of a running run.
- * Returns 1 with the transaction open (end it with kl_pg_commit or
- * kl_pg_rollback), 0 when there is none (no transaction open), or -code. */
+/* Begins a transaction and claims one pending target of a running run,
+ * taking the target's advisory lock (migration_store_lock_target) in the
+ * same statement. Returns 1 with the transaction open (end it with
+ * kl_pg_commit or kl_pg_rollback), 0 when there is none (no transaction
+ * open), or -code. */
 int migration_store_claim(kl_pg_t *pg, migration_target_t *t, int64_t *run_id,
                           kl_status_t *status);
 
@@ -75,12 +77,23 @@ int migration_store_ledger(kl_pg_t *pg, const migration_target_t *t,
                            int64_t run_id, const migration_ledger_row_t *rows,
                            size_t n, kl_status_t *status);
 
-/* Marks the claimed target done or failed. */
-int migration_store_target_done(kl_pg_t *pg, int64_t run_id,
-                                const migration_target_t *t, int failed,
-                                int failed_version, const char *error,
-                                int applied, const char *instance,
-                                int64_t started_ms, kl_status_t *status);
+/* How a claimed target ended (migration_store_target_finish). */
+typedef struct {
+    int failed;         /* 1: failed, else done */
+    int failed_version; /* 0: before any migration */
+    const char *error;  /* the failure, or a note ("" or NULL: none) */
+    int applied;        /* migrations applied now */
+    const char *instance;
+    int64_t started_ms; /* Unix ms */
+} migration_target_outcome_t;
+
+/* Upserts t's ledger rows (as migration_store_ledger; n may be 0) and
+ * marks the claimed target done or failed, in one statement. */
+int migration_store_target_finish(kl_pg_t *pg, int64_t run_id,
+                                  const migration_target_t *t,
+                                  const migration_ledger_row_t *rows, size_t n,
+                                  const migration_target_outcome_t *o,
+                                  kl_status_t *status);
 
 /* Leaves the claimed target pending with reason in its error and moves it
  * behind the run's other targets (a move holds the tenant). */

@@ -5,6 +5,7 @@
 
 #include "kl_alloc.h"
 #include "kl_rpc.h"
+#include "migration_batch.h"
 #include "migration_store.h"
 
 #include <stdio.h>
@@ -38,23 +39,75 @@ s_failed(migration_work_result_t *out, int version, const char *what,
     out->error[len + n] = '\0';
 }
 
+/* Writes the ledger rows, and with opts->finish the target's row. */
+static int
+s_record(kl_pg_t *ctrl, const migration_target_t *t,
+         const migration_work_opts_t *opts, const migration_ledger_row_t *rows,
+         size_t n, const migration_work_result_t *out, kl_status_t *status)
+{
+    if (!opts->finish)
+        return migration_store_ledger(ctrl, t, opts->run_id, rows, n, status);
+    migration_target_outcome_t o = {.failed = out->failed,
+                                    .failed_version = out->failed_version,
+                                    .error = out->error,
+                                    .applied = out->n_applied,
+                                    .instance = opts->instance,
+                                    .started_ms = opts->started_ms};
+    return migration_store_target_finish(ctrl, opts->run_id, t, rows, n, &o,
+                                         status);
+}
+
+/* Applies files[0..n) one per transaction (migration_apply_one), stopping
+ * at the first failure. Appends a ledger row for each version tried. */
+static void
+s_one_by_one(migration_apply_t *ap, const migration_target_t *t,
+             const migration_file_t *const *files, size_t n,
+             migration_ledger_row_t *rows, size_t *n_rows,
+             migration_work_result_t *out)
+{
+    for (size_t i = 0; i < n && !out->failed; i++) {
+        const migration_file_t *f = files[i];
+        kl_status_t st;
+        int64_t started = kl_now_unix_ms(), duration = 0;
+        int arc = migration_apply_one(ap, t, f, &duration, &st);
+        migration_ledger_row_t *r = &rows[(*n_rows)++];
+        r->version = f->version;
+        r->name = f->file_name;
+        r->checksum = f->checksum;
+        r->started_ms = started;
+        r->finished_ms = kl_now_unix_ms();
+        r->duration_ms = duration;
+        if (arc < 0) {
+            r->state = "failed";
+            s_failed(out, f->version, f->file_name, st.message);
+            r->error = out->error;
+            break;
+        }
+        r->state = "applied";
+        out->applied[out->n_applied++] = f->version;
+        if (f->version > out->current)
+            out->current = f->version;
+    }
+}
+
 int
 migration_work_target(kl_pg_t *ctrl, migration_apply_t *ap,
                       const migration_files_t *files,
-                      const migration_target_t *t, int64_t run_id,
-                      bool hold_tenant, migration_work_result_t *out,
-                      kl_status_t *status)
+                      const migration_target_t *t,
+                      const migration_work_opts_t *opts,
+                      migration_work_result_t *out, kl_status_t *status)
 {
     memset(out, 0, sizeof *out);
-    int rc = migration_store_lock_target(ctrl, t, status);
-    if (rc < 0)
-        return rc;
+    int rc = 0;
+    if (!opts->target_locked) {
+        rc = migration_store_lock_target(ctrl, t, status);
+        if (rc < 0)
+            return rc;
+    }
     kl_status_t st;
-    bool held = false;
-    if (hold_tenant && t->tenant_id[0]) {
+    if (opts->hold_tenant && t->tenant_id[0]) {
         char iso[16];
-        int h =
-            migration_apply_hold_tenant(ap, t->tenant_id, iso, sizeof iso, &st);
+        int h = migration_apply_hold_tenant(ap, t, iso, sizeof iso, &st);
         if (h == 0) {
             out->moving = 1;
             snprintf(out->error, sizeof out->error,
@@ -62,26 +115,25 @@ migration_work_target(kl_pg_t *ctrl, migration_apply_t *ap,
             return 0;
         }
         if (h > 0 && iso[0] && strcmp(iso, t->isolation) != 0) {
-            migration_apply_unhold_tenant(ap, t->tenant_id);
+            migration_apply_unlock(ap);
             out->moved = 1;
             snprintf(out->error, sizeof out->error,
                      "tenant moved from %s to %s during the run: its new "
                      "placement was migrated by the move",
                      t->isolation, iso);
-            return 0;
+            return s_record(ctrl, t, opts, NULL, 0, out, status);
         }
         if (h < 0) {
             s_failed(out, 0, NULL, st.message);
-            return migration_store_ledger(ctrl, t, run_id, NULL, 0, status);
+            return s_record(ctrl, t, opts, NULL, 0, out, status);
         }
-        held = true;
     }
     int latest = migration_files_latest(files);
     migration_applied_t *hist = NULL;
     size_t n_hist = 0;
     migration_ledger_row_t *rows = kl_calloc((size_t)latest + 1, sizeof *rows);
     size_t n_rows = 0;
-    if (migration_apply_history(ap, t, &hist, &n_hist, &st) < 0) {
+    if (migration_apply_lock(ap, t, &hist, &n_hist, &st) < 0) {
         s_failed(out, 0, NULL, st.message);
     } else if (migration_apply_check(files, hist, n_hist, &out->current, &st) <
                0) {
@@ -100,37 +152,74 @@ migration_work_target(kl_pg_t *ctrl, migration_apply_t *ap,
             r->duration_ms = hist[i].duration_ms;
         }
         out->applied = kl_calloc((size_t)latest + 1, sizeof *out->applied);
-        for (int v = 1; v <= latest; v++) {
-            if (migration_apply_has(hist, n_hist, v))
+        const migration_file_t **pending =
+            kl_calloc((size_t)latest + 1, sizeof *pending);
+        size_t n_pending = 0;
+        for (int v = 1; v <= latest; v++)
+            if (!migration_apply_has(hist, n_hist, v))
+                pending[n_pending++] = migration_files_get(files, v);
+        int64_t *durations = kl_calloc((size_t)latest + 1, sizeof *durations);
+        size_t i = 0;
+        while (i < n_pending && !out->failed) {
+            /* The longest run of batchable files from here. */
+            size_t j = i;
+            while (j < n_pending && pending[j]->batchable)
+                j++;
+            if (j - i < 2) {
+                /* One file (or one that may not share a transaction). */
+                s_one_by_one(ap, t, pending + i, 1, rows, &n_rows, out);
+                i++;
                 continue;
-            const migration_file_t *f = migration_files_get(files, v);
-            int64_t started = kl_now_unix_ms(), duration = 0;
-            int arc = migration_apply_one(ap, t, f, &duration, &st);
-            migration_ledger_row_t *r = &rows[n_rows++];
-            r->version = v;
-            r->name = f->file_name;
-            r->checksum = f->checksum;
-            r->started_ms = started;
-            r->finished_ms = kl_now_unix_ms();
-            r->duration_ms = duration;
-            if (arc < 0) {
-                r->state = "failed";
-                s_failed(out, v, f->file_name, st.message);
-                r->error = out->error;
-                break;
             }
-            r->state = "applied";
-            out->applied[out->n_applied++] = v;
-            if (v > out->current)
-                out->current = v;
+            int64_t started = kl_now_unix_ms();
+            int brc = migration_batch_apply(ap, t, pending + i, j - i,
+                                            j == n_pending, durations, &st);
+            int64_t finished = kl_now_unix_ms();
+            if (brc == 0) {
+                for (size_t k = i; k < j; k++) {
+                    const migration_file_t *f = pending[k];
+                    migration_ledger_row_t *r = &rows[n_rows++];
+                    r->version = f->version;
+                    r->name = f->file_name;
+                    r->checksum = f->checksum;
+                    r->state = "applied";
+                    r->started_ms = started;
+                    r->finished_ms = finished;
+                    r->duration_ms = durations[k - i];
+                    out->applied[out->n_applied++] = f->version;
+                    if (f->version > out->current)
+                        out->current = f->version;
+                }
+            } else if (brc == -KL_ABORTED) {
+                /* Rolled back whole: one by one, the failing file is
+                 * reported as it always was and those before it stay. */
+                s_one_by_one(ap, t, pending + i, j - i, rows, &n_rows, out);
+            } else {
+                /* Lost connection or an unclear end: the first version is
+                 * the failure; the next run reads what stuck from the
+                 * history. */
+                const migration_file_t *f = pending[i];
+                migration_ledger_row_t *r = &rows[n_rows++];
+                r->version = f->version;
+                r->name = f->file_name;
+                r->checksum = f->checksum;
+                r->state = "failed";
+                r->started_ms = started;
+                r->finished_ms = finished;
+                s_failed(out, f->version, f->file_name, st.message);
+                r->error = out->error;
+            }
+            i = j;
         }
+        free(durations);
+        free(pending);
     }
     free(hist);
-    if (held)
-        migration_apply_unhold_tenant(ap, t->tenant_id);
+    /* Whatever the last batch did not give back already. */
+    migration_apply_unlock(ap);
     /* A database connection per tenant is not kept between targets. */
     migration_apply_release(ap);
-    rc = migration_store_ledger(ctrl, t, run_id, rows, n_rows, status);
+    rc = s_record(ctrl, t, opts, rows, n_rows, out, status);
     free(rows);
     if (rc < 0)
         migration_work_result_free(out);

@@ -4,9 +4,10 @@
  *
  * Inside the caller's open transaction on the control database: takes the
  * target's advisory lock, reads the target's history, refuses drift, applies
- * each missing version in order (each in its own transaction on the
- * target, with its history row), stops at the first failure, and writes the
- * ledger rows (including ones reconciled from the history after a crash).
+ * each missing version in order (in one transaction or several on the
+ * target, each version with its history row), stops at the first failure,
+ * and writes the ledger rows (including ones reconciled from the history
+ * after a crash).
  */
 #ifndef MIGRATION_WORK_H
 #define MIGRATION_WORK_H
@@ -32,12 +33,35 @@ typedef struct {
     char error[KL_STATUS_MESSAGE_MAX];
 } migration_work_result_t;
 
-/* hold_tenant (run workers): a tenant's target is migrated only while the
- * tenant's move lock is held shared (migration_apply_hold_tenant): when a
- * move holds it, out->moving is set and nothing is done or written; when
- * the placement fence says the tenant has moved to another model since the
- * target was computed, out->moved is set and nothing is applied.
- * ProvisionTenant passes false: a move calls it while holding the lock.
+/* How migration_work_target is called. */
+typedef struct {
+    int64_t run_id; /* the run the target is part of; 0: none */
+    /* Run workers: a tenant's target is migrated only while the tenant's
+     * move lock is held shared (migration_apply_hold_tenant): when a move
+     * holds it, out->moving is set and nothing is done or written; when
+     * the placement fence says the tenant has moved to another model since
+     * the target was computed, out->moved is set and nothing is applied.
+     * ProvisionTenant leaves it false: a move calls it holding the lock. */
+    bool hold_tenant;
+    /* The caller's transaction holds the target's advisory lock already
+     * (migration_store_claim took it); else it is taken first. */
+    bool target_locked;
+    /* With run_id: the claimed target's row is marked done or failed in
+     * the statement that writes the ledger rows
+     * (migration_store_target_finish), recording instance and started_ms.
+     * Without: only the ledger rows are written. */
+    bool finish;
+    const char *instance;
+    int64_t started_ms;
+} migration_work_opts_t;
+
+/* The pending versions are applied in as few transactions as they allow:
+ * consecutive files that migration_files_batchable accepts go in one
+ * (migration_batch_apply), each other file in its own. When a batch fails
+ * it is rolled back whole and its files are applied again one per
+ * transaction, so the outcome is exactly that of applying them one by one:
+ * the versions before the failing one applied and recorded, the failing
+ * one reported with PostgreSQL's text, none after it tried.
  *
  * Returns 0 when the target's outcome is decided and its ledger rows are
  * written (out->failed says which), or -code when the control database
@@ -45,9 +69,9 @@ typedef struct {
  * with migration_work_result_free. */
 int migration_work_target(kl_pg_t *ctrl, migration_apply_t *ap,
                           const migration_files_t *files,
-                          const migration_target_t *t, int64_t run_id,
-                          bool hold_tenant, migration_work_result_t *out,
-                          kl_status_t *status);
+                          const migration_target_t *t,
+                          const migration_work_opts_t *opts,
+                          migration_work_result_t *out, kl_status_t *status);
 void migration_work_result_free(migration_work_result_t *r);
 
 #endif

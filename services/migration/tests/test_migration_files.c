@@ -1,5 +1,6 @@
 /*
- * migration_files: names, ordering, gaps and duplicates, checksums.
+ * migration_files: names, ordering, gaps and duplicates, checksums, and
+ * which files may share a transaction with others (batchable).
  */
 #include "kl_alloc.h"
 #include "migration_files.h"
@@ -152,6 +153,83 @@ test_errors(void **state)
     assert_int_equal(st.code, KL_NOT_FOUND);
 }
 
+static int
+s_batchable(const char *sql)
+{
+    return migration_files_batchable(sql, strlen(sql));
+}
+
+static void
+test_batchable(void **state)
+{
+    (void)state;
+    /* Plain DDL and DML, however the keywords appear inside statements. */
+    assert_int_equal(s_batchable("CREATE TABLE t (id int);\n"
+                                 "ALTER TABLE t ALTER id SET DEFAULT 1;\n"
+                                 "UPDATE t SET id = 2; SELECT 1 -- ; COMMIT\n"),
+                     1);
+    assert_int_equal(s_batchable(""), 1);
+    assert_int_equal(s_batchable("SELECT $1, a$b$ FROM t"), 1);
+    /* A DO block's BEGIN ... END (and even COMMIT) is inside its quote. */
+    assert_int_equal(s_batchable("DO $$ BEGIN PERFORM 1; END $$;\n"
+                                 "DO $kl$ BEGIN COMMIT; END $kl$;"),
+                     1);
+    /* Quotes, escapes and comments hide statements. */
+    assert_int_equal(s_batchable("SELECT 'it''s; COMMIT';"), 1);
+    assert_int_equal(s_batchable("SELECT E'\\'; COMMIT';"), 1);
+    assert_int_equal(s_batchable("SELECT \"a;\"\"; end\";"), 1);
+    assert_int_equal(s_batchable("/* a /* nested */ ; COMMIT */ SELECT 1;"), 1);
+    /* Transaction control and settings, any case, anywhere a statement
+     * starts. */
+    assert_int_equal(s_batchable("CREATE TABLE t (id int);\nCOMMIT;"), 0);
+    assert_int_equal(s_batchable("select 1; end;"), 0);
+    assert_int_equal(s_batchable("  -- first\n  begin;"), 0);
+    assert_int_equal(s_batchable("SELECT 1;rollback"), 0);
+    assert_int_equal(s_batchable("ABORT"), 0);
+    assert_int_equal(s_batchable("SET LOCAL statement_timeout = '5s';"), 0);
+    assert_int_equal(s_batchable("/* x */ set search_path TO public;"), 0);
+    assert_int_equal(s_batchable("RESET ALL;"), 0);
+    assert_int_equal(s_batchable("SAVEPOINT a; RELEASE a;"), 0);
+    assert_int_equal(s_batchable("START TRANSACTION;"), 0);
+    assert_int_equal(s_batchable("PREPARE TRANSACTION 'x';"), 0);
+    assert_int_equal(s_batchable("DISCARD ALL;"), 0);
+    /* A standard string ends at its quote: the backslash is no escape. */
+    assert_int_equal(s_batchable("SELECT '\\';\nCOMMIT;"), 0);
+    /* Anything left open would reach into the next file. */
+    assert_int_equal(s_batchable("SELECT 'abc"), 0);
+    assert_int_equal(s_batchable("SELECT \"abc"), 0);
+    assert_int_equal(s_batchable("SELECT E'abc\\'"), 0);
+    assert_int_equal(s_batchable("/* a /* nested */ SELECT 1;"), 0);
+    assert_int_equal(s_batchable("DO $$ BEGIN END;"), 0);
+    assert_int_equal(s_batchable("DO $x$ BEGIN END $y$;"), 0);
+}
+
+static void
+test_load_batchable(void **state)
+{
+    (void)state;
+    char dir[320];
+    snprintf(dir, sizeof dir, "%s/batch", s_dir);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    char path[400];
+    snprintf(path, sizeof path, "%s/V1__a.sql", dir);
+    FILE *fp = fopen(path, "wb");
+    assert_non_null(fp);
+    fputs("CREATE TABLE a (id int);", fp);
+    fclose(fp);
+    snprintf(path, sizeof path, "%s/V2__b.sql", dir);
+    fp = fopen(path, "wb");
+    assert_non_null(fp);
+    fputs("SET LOCAL lock_timeout = '1s';\nCREATE TABLE b (id int);", fp);
+    fclose(fp);
+    kl_status_t st;
+    migration_files_t *f = migration_files_load(dir, &st);
+    assert_non_null(f);
+    assert_int_equal(migration_files_get(f, 1)->batchable, 1);
+    assert_int_equal(migration_files_get(f, 2)->batchable, 0);
+    migration_files_destroy(&f);
+}
+
 static void
 test_empty_dir(void **state)
 {
@@ -171,9 +249,10 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_name),  cmocka_unit_test(test_sha256),
-        cmocka_unit_test(test_load_sorted), cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_empty_dir),
+        cmocka_unit_test(test_parse_name),     cmocka_unit_test(test_sha256),
+        cmocka_unit_test(test_load_sorted),    cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_empty_dir),      cmocka_unit_test(test_batchable),
+        cmocka_unit_test(test_load_batchable),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

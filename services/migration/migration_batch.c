@@ -1,0 +1,227 @@
+/*
+ * migration_batch: one target's migrations in one transaction and one
+ * round trip.
+ */
+#include "migration_batch.h"
+
+#include "kl_alloc.h"
+#include "kl_tenant_db.h"
+#include "migration_apply_int.h"
+
+#include <libpq-fe.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A growing string. */
+typedef struct {
+    char *buf;
+    size_t len, cap;
+} s_buf_t;
+
+static void
+s_buf_append(s_buf_t *b, const char *s, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        while (b->len + n + 1 > b->cap)
+            b->cap = b->cap ? b->cap * 2 : 1024;
+        b->buf = kl_realloc(b->buf, b->cap);
+    }
+    memcpy(b->buf + b->len, s, n);
+    b->len += n;
+    b->buf[b->len] = '\0';
+}
+
+static void s_buf_printf(s_buf_t *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+s_buf_printf(s_buf_t *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = NULL;
+    int n = vasprintf(&s, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        abort(); /* out of memory, as kl_asprintf */
+    s_buf_append(b, s, (size_t)n);
+    free(s);
+}
+
+/* The column names that mark the batch's own answers among the files'. */
+#define S_HISTORY_MARK "kowloon_history_version"
+#define S_UNLOCK_MARK "kowloon_unlock"
+#define S_UNHOLD_MARK "kowloon_unhold"
+
+int
+migration_batch_apply(migration_apply_t *ap, const migration_target_t *t,
+                      const migration_file_t *const *files, size_t n, bool last,
+                      int64_t *durations, kl_status_t *status)
+{
+    for (size_t i = 0; i < n; i++)
+        durations[i] = 0;
+    PGconn *c = migration_apply__conn(ap, t, true, status);
+    if (!c)
+        return -(int)status->code;
+    bool on_db = t->db_name[0] != '\0';
+    /* What may be given back after the COMMIT: the locks held on this
+     * very connection. */
+    bool unlock = last && ap->locked && ap->locked_on_db == on_db &&
+                  strcmp(ap->locked_target, t->target) == 0;
+    bool unhold = last && !on_db && ap->held[0];
+    migration_apply__quoted_t q = {0};
+    char *held = NULL;
+    if (migration_apply__quote(c, t, ap->app_role, &q) < 0 ||
+        (unhold && !(held = PQescapeLiteral(c, ap->held, strlen(ap->held))))) {
+        migration_apply__quoted_free(&q);
+        return migration_apply__fail(c, NULL, status);
+    }
+    char *path = PQescapeLiteral(c, q.ident, strlen(q.ident));
+    if (!path) {
+        migration_apply__quoted_free(&q);
+        PQfreemem(held);
+        return migration_apply__fail(c, NULL, status);
+    }
+    /* One string, one round trip, one transaction. Each file runs as it
+     * would alone: search_path and app.tenant_id are set again before it
+     * (so nothing of the previous file's scope remains; migration_files_
+     * batchable keeps out files with SET, RESET or transaction control),
+     * together with the moment it starts, from which the history rows,
+     * written after the last file, take each file's duration. The server
+     * parses the whole string before running any of it: a syntax error in
+     * any file runs nothing. */
+    s_buf_t b = {0};
+    char *lock = migration_apply__grant_lock_sql(&q);
+    char *grant = migration_apply__grant_sql(&q);
+    s_buf_printf(&b, "BEGIN;%s", lock);
+    if (strcmp(t->isolation, "row") == 0)
+        s_buf_printf(&b, "CREATE SCHEMA IF NOT EXISTS %s;", q.ident);
+    for (size_t i = 0; i < n; i++) {
+        s_buf_printf(&b,
+                     "SELECT pg_catalog.set_config('search_path', %s, true),"
+                     " pg_catalog.set_config('app.tenant_id', %s, true),"
+                     " pg_catalog.set_config('kowloon.migration_t%zu',"
+                     " extract(epoch FROM pg_catalog.clock_timestamp())::text,"
+                     " true);\n",
+                     path, q.tenant, i);
+        s_buf_append(&b, files[i]->sql, files[i]->sql_len);
+        s_buf_printf(&b, "\n;");
+    }
+    s_buf_printf(&b, "INSERT INTO kowloon_migration.history (target, version,"
+                     " name, checksum, duration_ms) VALUES ");
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const migration_file_t *f = files[i];
+        char *name = PQescapeLiteral(c, f->file_name, strlen(f->file_name));
+        char *sum = PQescapeLiteral(c, f->checksum, strlen(f->checksum));
+        if (!name || !sum) {
+            rc = migration_apply__fail(c, NULL, status);
+        } else {
+            /* A file ends where the next one starts; the last one now. */
+            char *end = i + 1 < n
+                            ? kl_asprintf("pg_catalog.current_setting("
+                                          "'kowloon.migration_t%zu')::numeric",
+                                          i + 1)
+                            : kl_strdup("extract(epoch FROM"
+                                        " pg_catalog.clock_timestamp())");
+            s_buf_printf(&b,
+                         "%s(%s, %d, %s, %s, ((%s - pg_catalog.current_setting("
+                         "'kowloon.migration_t%zu')::numeric) * 1000)::bigint)",
+                         i ? ", " : "", q.target, f->version, name, sum, end,
+                         i);
+            free(end);
+        }
+        PQfreemem(name);
+        PQfreemem(sum);
+    }
+    s_buf_printf(&b,
+                 " RETURNING version AS " S_HISTORY_MARK ", duration_ms;"
+                 "%sCOMMIT;",
+                 grant);
+    if (unlock)
+        s_buf_printf(
+            &b,
+            "SELECT pg_catalog.pg_advisory_unlock(" MIGRATION_APPLY_KEY_SQL(
+                "%s") ") AS " S_UNLOCK_MARK ";",
+            q.target);
+    if (unhold)
+        s_buf_printf(
+            &b,
+            "SELECT pg_catalog.pg_advisory_unlock_shared(" KL_TENANT_LOCK_SQL(
+                "%s") ") AS " S_UNHOLD_MARK ";",
+            held);
+    free(lock);
+    free(grant);
+    migration_apply__quoted_free(&q);
+    PQfreemem(held);
+    PQfreemem(path);
+    if (rc < 0) {
+        free(b.buf);
+        return rc;
+    }
+
+    PGresult **r = NULL;
+    int nr = migration_apply__send_all(c, b.buf, &r);
+    free(b.buf);
+    size_t recorded = 0;
+    bool committed = false, unlocked = false, unheld = false;
+    const PGresult *err = NULL;
+    for (int i = 0; i < nr; i++) {
+        PGresult *res = r[i];
+        ExecStatusType rs = PQresultStatus(res);
+        if (!migration_apply__ok(res)) {
+            if (!err)
+                err = res;
+        } else if (rs == PGRES_TUPLES_OK && PQnfields(res) == 2 &&
+                   strcmp(PQfname(res, 0), S_HISTORY_MARK) == 0 &&
+                   PQntuples(res) == (int)n) {
+            for (int row = 0; row < (int)n; row++) {
+                int v = atoi(PQgetvalue(res, row, 0));
+                for (size_t k = 0; k < n; k++)
+                    if (files[k]->version == v) {
+                        durations[k] =
+                            strtoll(PQgetvalue(res, row, 1), NULL, 10);
+                        recorded++;
+                    }
+            }
+        } else if (rs == PGRES_COMMAND_OK && recorded == n && !err &&
+                   strcmp(PQcmdStatus(res), "COMMIT") == 0) {
+            committed = true;
+        } else if (committed && rs == PGRES_TUPLES_OK && PQnfields(res) == 1 &&
+                   PQntuples(res) == 1) {
+            if (strcmp(PQfname(res, 0), S_UNLOCK_MARK) == 0)
+                unlocked = true;
+            else if (strcmp(PQfname(res, 0), S_UNHOLD_MARK) == 0)
+                unheld = true;
+        }
+    }
+    migration_apply__unlocked(ap, unlocked, unheld);
+    if (nr < 0 || PQstatus(c) != CONNECTION_OK) {
+        /* Whether the COMMIT got there is unknown: the history will say,
+         * next time. Nothing may be tried again now. */
+        rc = migration_apply__fail(c, NULL, status);
+    } else if (committed) {
+        rc = 0; /* only an unlock can have failed after the COMMIT */
+    } else if (err) {
+        /* Rolled back whole: nothing of the batch is applied. */
+        migration_apply__fail(c, err, status);
+        rc = kl_status_set(status, KL_ABORTED, "%s", status->message);
+        if (PQtransactionStatus(c) != PQTRANS_IDLE)
+            PQclear(PQexec(c, "ROLLBACK"));
+    } else {
+        /* Every statement succeeded, yet the history rows and the COMMIT
+         * did not come back as sent: a file ended the transaction after
+         * all. What it did is outside our control; the history says what
+         * stuck. */
+        if (PQtransactionStatus(c) != PQTRANS_IDLE)
+            PQclear(PQexec(c, "ROLLBACK"));
+        rc = kl_status_set(status, KL_INTERNAL,
+                           "the batch of %zu migrations did not commit as "
+                           "one transaction",
+                           n);
+    }
+    migration_apply__clear_all(r, nr);
+    return rc;
+}
