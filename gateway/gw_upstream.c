@@ -49,30 +49,6 @@ struct gw_upstream {
     atomic_size_t connects; /* upstream connections opened */
 };
 
-/* A growable byte string. */
-typedef struct {
-    char *p;
-    size_t len, cap;
-} s_buf_t;
-
-static void
-s_buf_add(s_buf_t *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        b->cap = (b->len + n + 1) * 2;
-        b->p = kl_realloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void
-s_buf_str(s_buf_t *b, const char *s)
-{
-    s_buf_add(b, s, strlen(s));
-}
-
 /* One forward's state, on the worker's stack. */
 typedef struct {
     struct mg_connection *conn;
@@ -88,7 +64,7 @@ typedef struct {
     long long body_len;  /* the client's Content-Length; -1: chunked */
     /* answer */
     int status;         /* status of the current upstream header block */
-    s_buf_t head;       /* the block's header lines, "Name: value\r\n" */
+    kl_buf_t head;      /* the block's header lines, "Name: value\r\n" */
     bool head_bad;      /* too large or malformed */
     bool head_sent;     /* status line and headers went to the client */
     bool chunked;       /* we chunk the body to the client */
@@ -271,14 +247,14 @@ s_request_headers(const s_xfer_t *x, const struct mg_request_info *ri)
     const gw_upstream_req_t *req = x->req;
     struct curl_slist *l = NULL;
     const char *host = NULL;
-    s_buf_t xff = {0}, connection = {0};
+    kl_buf_t xff = {0}, connection = {0};
     bool accept = false, ok = true;
 
     /* Every Connection header, joined: the names they list are dropped. */
     for (int i = 0; i < ri->num_headers; i++)
         if (strcasecmp(ri->http_headers[i].name, "Connection") == 0) {
-            s_buf_str(&connection, ",");
-            s_buf_str(&connection, ri->http_headers[i].value);
+            kl_buf_str(&connection, ",");
+            kl_buf_str(&connection, ri->http_headers[i].value);
         }
     for (int i = 0; ok && i < ri->num_headers; i++) {
         const char *name = ri->http_headers[i].name;
@@ -287,8 +263,8 @@ s_request_headers(const s_xfer_t *x, const struct mg_request_info *ri)
             host = value;
         if (strcasecmp(name, "X-Forwarded-For") == 0 && value && *value) {
             if (xff.len)
-                s_buf_str(&xff, ", ");
-            s_buf_str(&xff, value);
+                kl_buf_str(&xff, ", ");
+            kl_buf_str(&xff, value);
         }
         if (strcasecmp(name, "Accept") == 0)
             accept = true;
@@ -297,8 +273,8 @@ s_request_headers(const s_xfer_t *x, const struct mg_request_info *ri)
     }
     free(connection.p);
     if (xff.len)
-        s_buf_str(&xff, ", ");
-    s_buf_str(&xff, ri->remote_addr);
+        kl_buf_str(&xff, ", ");
+    kl_buf_str(&xff, ri->remote_addr);
 
     struct {
         const char *name, *value;
@@ -324,7 +300,7 @@ s_request_headers(const s_xfer_t *x, const struct mg_request_info *ri)
 /* Appends s, percent-encoding every byte outside keep (and every byte
  * outside printable ASCII). */
 static void
-s_encode(s_buf_t *b, const char *s, const char *keep)
+s_encode(kl_buf_t *b, const char *s, const char *keep)
 {
     static const char hex[] = "0123456789ABCDEF";
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
@@ -332,10 +308,10 @@ s_encode(s_buf_t *b, const char *s, const char *keep)
                      ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
                       (*p >= '0' && *p <= '9') || strchr(keep, *p));
         if (plain) {
-            s_buf_add(b, (const char *)p, 1);
+            kl_buf_add(b, (const char *)p, 1);
         } else {
             char e[3] = {'%', hex[*p >> 4], hex[*p & 15]};
-            s_buf_add(b, e, 3);
+            kl_buf_add(b, e, 3);
         }
     }
 }
@@ -343,12 +319,12 @@ s_encode(s_buf_t *b, const char *s, const char *keep)
 static char *
 s_url(const gw_upstream_req_t *req)
 {
-    s_buf_t b = {0};
-    s_buf_str(&b, req->upstream);
+    kl_buf_t b = {0};
+    kl_buf_str(&b, req->upstream);
     /* The path as the gateway matched it (decoded), encoded again. */
     s_encode(&b, req->path, "-._~!$&'()*+,;=:@/");
     if (req->query && *req->query) {
-        s_buf_add(&b, "?", 1);
+        kl_buf_add(&b, "?", 1);
         /* Already encoded by the client; only unsafe bytes are escaped. */
         s_encode(&b, req->query, "-._~!$&'()*+,;=:@/?%[]");
     }
@@ -399,7 +375,7 @@ static void
 s_send_head(s_xfer_t *x)
 {
     char *connection = NULL;
-    s_buf_t out = {0};
+    kl_buf_t out = {0};
     bool has_length = false;
     char line[256];
 
@@ -415,7 +391,7 @@ s_send_head(s_xfer_t *x)
     const char *reason = mg_get_response_code_text(x->conn, x->status);
     snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", x->status,
              reason ? reason : "");
-    s_buf_str(&out, line);
+    kl_buf_str(&out, line);
     for (char *p = x->head.p; p && *p;) {
         char *eol = strstr(p, "\r\n");
         size_t name_len = strcspn(p, ":");
@@ -423,25 +399,25 @@ s_send_head(s_xfer_t *x)
             has_length = true;
         if (!s_hop_by_hop(p, name_len, connection) &&
             !(name_len == 12 && strncasecmp(p, "X-Request-Id", 12) == 0))
-            s_buf_add(&out, p, (size_t)(eol + 2 - p));
+            kl_buf_add(&out, p, (size_t)(eol + 2 - p));
         p = eol + 2;
     }
     free(connection);
-    s_buf_str(&out, "X-Request-Id: ");
-    s_buf_str(&out, x->req->request_id ? x->req->request_id : "");
-    s_buf_str(&out, "\r\n");
+    kl_buf_str(&out, "X-Request-Id: ");
+    kl_buf_str(&out, x->req->request_id ? x->req->request_id : "");
+    kl_buf_str(&out, "\r\n");
     x->no_body = x->head_request || x->status == 204 || x->status == 304;
     if (!x->no_body && !has_length) {
         if (x->client_http10) {
             /* HTTP/1.0 has no chunks: the end of the body is the close. */
             mg_disable_connection_keep_alive(x->conn);
-            s_buf_str(&out, "Connection: close\r\n");
+            kl_buf_str(&out, "Connection: close\r\n");
         } else {
             x->chunked = true;
-            s_buf_str(&out, "Transfer-Encoding: chunked\r\n");
+            kl_buf_str(&out, "Transfer-Encoding: chunked\r\n");
         }
     }
-    s_buf_str(&out, "\r\n");
+    kl_buf_str(&out, "\r\n");
     x->head_sent = true;
     if (mg_write(x->conn, out.p, out.len) != (int)out.len)
         x->client_failed = true;
@@ -491,8 +467,8 @@ s_on_header(char *data, size_t size, size_t nitems, void *user)
     size_t len = n;
     while (len > 0 && (data[len - 1] == '\n' || data[len - 1] == '\r'))
         len--;
-    s_buf_add(&x->head, data, len);
-    s_buf_add(&x->head, "\r\n", 2);
+    kl_buf_add(&x->head, data, len);
+    kl_buf_add(&x->head, "\r\n", 2);
     return n;
 }
 

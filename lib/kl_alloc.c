@@ -91,3 +91,48 @@ kl_asprintf(const char *fmt, ...)
     va_end(ap);
     return p;
 }
+
+void
+kl_buf_add(kl_buf_t *b, const void *data, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (b->len + n + 1 > cap)
+            cap *= 2;
+        b->p = kl_realloc(b->p, cap);
+        b->cap = cap;
+    }
+    if (n)
+        memcpy(b->p + b->len, data, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+void
+kl_buf_str(kl_buf_t *b, const char *s)
+{
+    kl_buf_add(b, s, strlen(s));
+}
+
+void
+kl_buf_printf(kl_buf_t *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        s_oom(0);
+    kl_buf_add(b, "", 0);
+    if (b->len + (size_t)n + 1 > b->cap) {
+        size_t cap = b->cap;
+        while (b->len + (size_t)n + 1 > cap)
+            cap *= 2;
+        b->p = kl_realloc(b->p, cap);
+        b->cap = cap;
+    }
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}

@@ -17,6 +17,18 @@ void *kl_memdup(const void *p, size_t n);
 /* printf into a new string. Caller owns the result. */
 char *kl_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* A growing string. Starts as {0} (p NULL); after the first add, even of
+ * nothing, p is a NUL-terminated string of len bytes. The owner frees p. */
+typedef struct {
+    char *p;
+    size_t len, cap;
+} kl_buf_t;
+
+void kl_buf_add(kl_buf_t *b, const void *data, size_t n);
+void kl_buf_str(kl_buf_t *b, const char *s);
+void kl_buf_printf(kl_buf_t *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
 /* Free *ptr_p (may be NULL) and set it to NULL. */
 #define KL_FREE(ptr_p)                                                         \
     do {                                                                       \

@@ -9,46 +9,9 @@
 #include "migration_apply_int.h"
 
 #include <libpq-fe.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* A growing string. */
-typedef struct {
-    char *buf;
-    size_t len, cap;
-} s_buf_t;
-
-static void
-s_buf_append(s_buf_t *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        while (b->len + n + 1 > b->cap)
-            b->cap = b->cap ? b->cap * 2 : 1024;
-        b->buf = kl_realloc(b->buf, b->cap);
-    }
-    memcpy(b->buf + b->len, s, n);
-    b->len += n;
-    b->buf[b->len] = '\0';
-}
-
-static void s_buf_printf(s_buf_t *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void
-s_buf_printf(s_buf_t *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *s = NULL;
-    int n = vasprintf(&s, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        abort(); /* out of memory, as kl_asprintf */
-    s_buf_append(b, s, (size_t)n);
-    free(s);
-}
 
 /* The column names that mark the batch's own answers among the files'. */
 #define S_HISTORY_MARK "kowloon_history_version"
@@ -92,25 +55,25 @@ migration_batch_apply(migration_apply_t *ap, const migration_target_t *t,
      * written after the last file, take each file's duration. The server
      * parses the whole string before running any of it: a syntax error in
      * any file runs nothing. */
-    s_buf_t b = {0};
+    kl_buf_t b = {0};
     char *lock = migration_apply__grant_lock_sql(&q);
     char *grant = migration_apply__grant_sql(&q);
-    s_buf_printf(&b, "BEGIN;%s", lock);
+    kl_buf_printf(&b, "BEGIN;%s", lock);
     if (strcmp(t->isolation, "row") == 0)
-        s_buf_printf(&b, "CREATE SCHEMA IF NOT EXISTS %s;", q.ident);
+        kl_buf_printf(&b, "CREATE SCHEMA IF NOT EXISTS %s;", q.ident);
     for (size_t i = 0; i < n; i++) {
-        s_buf_printf(&b,
-                     "SELECT pg_catalog.set_config('search_path', %s, true),"
-                     " pg_catalog.set_config('app.tenant_id', %s, true),"
-                     " pg_catalog.set_config('kowloon.migration_t%zu',"
-                     " extract(epoch FROM pg_catalog.clock_timestamp())::text,"
-                     " true);\n",
-                     path, q.tenant, i);
-        s_buf_append(&b, files[i]->sql, files[i]->sql_len);
-        s_buf_printf(&b, "\n;");
+        kl_buf_printf(&b,
+                      "SELECT pg_catalog.set_config('search_path', %s, true),"
+                      " pg_catalog.set_config('app.tenant_id', %s, true),"
+                      " pg_catalog.set_config('kowloon.migration_t%zu',"
+                      " extract(epoch FROM pg_catalog.clock_timestamp())::text,"
+                      " true);\n",
+                      path, q.tenant, i);
+        kl_buf_add(&b, files[i]->sql, files[i]->sql_len);
+        kl_buf_printf(&b, "\n;");
     }
-    s_buf_printf(&b, "INSERT INTO kowloon_migration.history (target, version,"
-                     " name, checksum, duration_ms) VALUES ");
+    kl_buf_printf(&b, "INSERT INTO kowloon_migration.history (target, version,"
+                      " name, checksum, duration_ms) VALUES ");
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
         const migration_file_t *f = files[i];
@@ -126,28 +89,28 @@ migration_batch_apply(migration_apply_t *ap, const migration_target_t *t,
                                           i + 1)
                             : kl_strdup("extract(epoch FROM"
                                         " pg_catalog.clock_timestamp())");
-            s_buf_printf(&b,
-                         "%s(%s, %d, %s, %s, ((%s - pg_catalog.current_setting("
-                         "'kowloon.migration_t%zu')::numeric) * 1000)::bigint)",
-                         i ? ", " : "", q.target, f->version, name, sum, end,
-                         i);
+            kl_buf_printf(
+                &b,
+                "%s(%s, %d, %s, %s, ((%s - pg_catalog.current_setting("
+                "'kowloon.migration_t%zu')::numeric) * 1000)::bigint)",
+                i ? ", " : "", q.target, f->version, name, sum, end, i);
             free(end);
         }
         PQfreemem(name);
         PQfreemem(sum);
     }
-    s_buf_printf(&b,
-                 " RETURNING version AS " S_HISTORY_MARK ", duration_ms;"
-                 "%sCOMMIT;",
-                 grant);
+    kl_buf_printf(&b,
+                  " RETURNING version AS " S_HISTORY_MARK ", duration_ms;"
+                  "%sCOMMIT;",
+                  grant);
     if (unlock)
-        s_buf_printf(
+        kl_buf_printf(
             &b,
             "SELECT pg_catalog.pg_advisory_unlock(" MIGRATION_APPLY_KEY_SQL(
                 "%s") ") AS " S_UNLOCK_MARK ";",
             q.target);
     if (unhold)
-        s_buf_printf(
+        kl_buf_printf(
             &b,
             "SELECT pg_catalog.pg_advisory_unlock_shared(" KL_TENANT_LOCK_SQL(
                 "%s") ") AS " S_UNHOLD_MARK ";",
@@ -158,13 +121,13 @@ migration_batch_apply(migration_apply_t *ap, const migration_target_t *t,
     PQfreemem(held);
     PQfreemem(path);
     if (rc < 0) {
-        free(b.buf);
+        free(b.p);
         return rc;
     }
 
     PGresult **r = NULL;
-    int nr = migration_apply__send_all(c, b.buf, &r);
-    free(b.buf);
+    int nr = migration_apply__send_all(c, b.p, &r);
+    free(b.p);
     size_t recorded = 0;
     bool committed = false, unlocked = false, unheld = false;
     const PGresult *err = NULL;

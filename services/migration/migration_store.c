@@ -68,45 +68,27 @@ migration_store_migrate(kl_pg_t *pg, kl_status_t *status)
 
 /* --- array literals ------------------------------------------------------ */
 
-typedef struct {
-    char *buf;
-    size_t len, cap;
-} s_buf_t;
-
-static void
-s_put(s_buf_t *b, const char *s, size_t n)
-{
-    if (b->len + n + 1 > b->cap) {
-        while (b->len + n + 1 > b->cap)
-            b->cap = b->cap ? b->cap * 2 : 256;
-        b->buf = kl_realloc(b->buf, b->cap);
-    }
-    memcpy(b->buf + b->len, s, n);
-    b->len += n;
-    b->buf[b->len] = '\0';
-}
-
 /* Appends one element of a text[] literal, always double-quoted. */
 static void
-s_put_elem(s_buf_t *b, const char *s, int first)
+s_put_elem(kl_buf_t *b, const char *s, int first)
 {
     if (!first)
-        s_put(b, ",", 1);
-    s_put(b, "\"", 1);
+        kl_buf_add(b, ",", 1);
+    kl_buf_add(b, "\"", 1);
     for (const char *p = s ? s : ""; *p; p++) {
         if (*p == '"' || *p == '\\')
-            s_put(b, "\\", 1);
-        s_put(b, p, 1);
+            kl_buf_add(b, "\\", 1);
+        kl_buf_add(b, p, 1);
     }
-    s_put(b, "\"", 1);
+    kl_buf_add(b, "\"", 1);
 }
 
 static void
-s_put_num(s_buf_t *b, int64_t v, int first)
+s_put_num(kl_buf_t *b, int64_t v, int first)
 {
     char num[32];
     int n = snprintf(num, sizeof num, "%s%" PRId64, first ? "" : ",", v);
-    s_put(b, num, (size_t)n);
+    kl_buf_add(b, num, (size_t)n);
 }
 
 /* --- runs ---------------------------------------------------------------- */
@@ -152,9 +134,9 @@ migration_store_create_run(kl_pg_t *pg, int latest_version,
     snprintf(id, sizeof id, "%" PRId64, *run_id);
     PQclear(res);
     if (n > 0) {
-        s_buf_t a[6] = {{0}};
+        kl_buf_t a[6] = {{0}};
         for (int k = 0; k < 6; k++)
-            s_put(&a[k], "{", 1);
+            kl_buf_add(&a[k], "{", 1);
         for (size_t i = 0; i < n; i++) {
             s_put_elem(&a[0], targets[i].target, i == 0);
             s_put_elem(&a[1], targets[i].tenant_id, i == 0);
@@ -164,9 +146,8 @@ migration_store_create_run(kl_pg_t *pg, int latest_version,
             s_put_elem(&a[5], targets[i].db_server, i == 0);
         }
         for (int k = 0; k < 6; k++)
-            s_put(&a[k], "}", 1);
-        const char *p2[] = {id,       a[0].buf, a[1].buf, a[2].buf,
-                            a[3].buf, a[4].buf, a[5].buf};
+            kl_buf_add(&a[k], "}", 1);
+        const char *p2[] = {id, a[0].p, a[1].p, a[2].p, a[3].p, a[4].p, a[5].p};
         res = kl_pg_query(
             pg, "migration_run_targets",
             "INSERT INTO migration.run_targets (run_id, seq, target,"
@@ -177,7 +158,7 @@ migration_store_create_run(kl_pg_t *pg, int latest_version,
             " WITH ORDINALITY AS x(t, tid, iso, sch, db, srv, ord)",
             7, p2, status);
         for (int k = 0; k < 6; k++)
-            free(a[k].buf);
+            free(a[k].p);
         if (!res)
             goto fail;
         PQclear(res);
@@ -340,9 +321,9 @@ migration_store_lock_target(kl_pg_t *pg, const migration_target_t *t,
 static void
 s_ledger_arrays(const migration_ledger_row_t *rows, size_t n, char *out[8])
 {
-    s_buf_t a[8] = {{0}};
+    kl_buf_t a[8] = {{0}};
     for (int k = 0; k < 8; k++)
-        s_put(&a[k], "{", 1);
+        kl_buf_add(&a[k], "{", 1);
     for (size_t i = 0; i < n; i++) {
         const migration_ledger_row_t *r = &rows[i];
         int first = i == 0;
@@ -356,8 +337,8 @@ s_ledger_arrays(const migration_ledger_row_t *rows, size_t n, char *out[8])
         s_put_elem(&a[7], r->error ? r->error : "", first);
     }
     for (int k = 0; k < 8; k++) {
-        s_put(&a[k], "}", 1);
-        out[k] = a[k].buf;
+        kl_buf_add(&a[k], "}", 1);
+        out[k] = a[k].p;
     }
 }
 
