@@ -383,14 +383,39 @@ def test_rolling_restart_without_errors(launch):
              ("POST", DOMAIN, "/admin/v1/tenants/%s/api-keys" % t["id"], st.admin_token,
               json.dumps({"name": "during restart"})))
 
+    # A connection between curl and nginx that nginx closes before reading
+    # the request: a reload's old worker closes its idle connections, and
+    # one accepted just before (TLS handshake not done, no request yet)
+    # counts as idle (seen once in about 2,500 requests). That is nginx
+    # and the client, not Kowloon behind it, and a client retries it as
+    # browsers do: curl's "couldn't connect" (7) and "SSL connect error"
+    # (35), where no request reached nginx, and for a GET also "empty
+    # reply" (52) and "recv failure" (56). Kowloon's own failures reach
+    # the client as HTTP statuses from nginx (502, 503, 504) and are never
+    # retried here.
+    retried = []
+
+    def retryable(method, hdrs):
+        err = " ".join(hdrs.get("curl-error", []))
+        m = re.match(r"curl: \((\d+)\)", err)
+        return m is not None and (m.group(1) in ("7", "35")
+                                  or (method == "GET" and m.group(1) in ("52", "56")))
+
     def client():
         while not done.is_set():
             for method, host, path, token, body in calls:
-                code, _, out = client_ng.curl(host, path, method=method, data=body, headers=[
-                    "Authorization: Bearer " + token, "Content-Type: application/json"])
+                for attempt in range(2):
+                    code, hdrs, out = client_ng.curl(
+                        host, path, method=method, data=body,
+                        headers=["Authorization: Bearer " + token,
+                                 "Content-Type: application/json"])
+                    if code != 0 or attempt == 1 or not retryable(method, hdrs):
+                        break
+                    retried.append((method, path, hdrs["curl-error"]))
                 count[0] += 1
                 if code != 200:
-                    failures.append((method, host, path, code, out[:200]))
+                    failures.append((method, host, path, code,
+                                     hdrs.get("curl-error") or out[:200]))
 
     hook_dir = os.path.join(st.tmp, "restart-hook")
     os.makedirs(hook_dir, exist_ok=True)
@@ -437,6 +462,8 @@ def test_rolling_restart_without_errors(launch):
                                             "migration") for i in (1, 2)], restarted
     assert not problems, problems
     assert count[0] > 30, count[0]
+    # Retries stay the rare exception they are meant to be.
+    assert len(retried) <= max(2, count[0] // 200), retried
     assert not failures, "%d of %d requests failed during the rolling restart: %s" % (
         len(failures), count[0], failures[:5])
     # The upstream file is back as it was: no gateway left "down".
