@@ -9,7 +9,7 @@ connection (or a reconnecting client's self-connection) before the server
 it was meant for binds it, or while that server restarts; the server then
 fails with "address in use". Outgoing connections never use ports below
 the range. A port is returned only if it can be bound now and nobody
-listens on it.
+listens on it, and never twice in one process.
 """
 import random
 import socket
@@ -36,12 +36,25 @@ def _bindable(port):
         s.close()
 
 
+_given = set()  # ports this process handed out already
+_next = []  # the walk's next offset, from a random start
+
+
 def free_port():
     high = _ephemeral_low()
-    if high - _LOW >= 1000:
-        for _ in range(200):
-            port = random.randrange(_LOW, high)
-            if _bindable(port):
+    span = high - _LOW
+    if span >= 1000:
+        # One walk through the range from a random start: never the same
+        # port twice in a process (random draws would repeat one now and
+        # then, and two servers of one test would get it), and two
+        # processes' walks meet only if their starts happen to be close.
+        if not _next:
+            _next.append(random.randrange(span))
+        for _ in range(span):
+            port = _LOW + _next[0] % span
+            _next[0] += 1
+            if port not in _given and _bindable(port):
+                _given.add(port)
                 return port
     # A machine whose ephemeral range starts low: the kernel's choice.
     s = socket.socket()
