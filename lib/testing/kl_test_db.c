@@ -113,6 +113,19 @@ kl_test_db_value(const char *url, const char *sql)
     return v;
 }
 
+char *
+kl_test_db_vvalue(const char *url, const char *fmt, va_list ap)
+{
+    char *sql = NULL;
+    if (vasprintf(&sql, fmt, ap) < 0) {
+        fprintf(stderr, "vasprintf() failed\n");
+        return NULL;
+    }
+    char *v = kl_test_db_value(url, sql);
+    free(sql);
+    return v;
+}
+
 const char *
 kl_test_db_redis_url(const char *test)
 {

@@ -11,6 +11,8 @@
 #ifndef KL_TEST_DB_H
 #define KL_TEST_DB_H
 
+#include <stdarg.h>
+
 typedef struct kl_test_db kl_test_db_t;
 
 /* Creates database "<prefix>_<pid>_<unix time>" in KLTEST_PG_URL. NULL
@@ -42,6 +44,10 @@ int kl_test_db_exec(const char *url, const char *sql);
  * NULL after printing the error, or "no rows" when there is none.
  * Caller frees. */
 char *kl_test_db_value(const char *url, const char *sql);
+
+/* As kl_test_db_value, with sql formatted printf-style from fmt and ap. */
+char *kl_test_db_vvalue(const char *url, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 
 /* KLTEST_REDIS_URL (redis://127.0.0.1:PORT/0), or NULL after printing
  * "<test> needs Redis: set KLTEST_REDIS_URL=...". */

@@ -56,13 +56,10 @@ s_db_value(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    char *sql = NULL;
-    assert_true(vasprintf(&sql, fmt, ap) >= 0);
+    char *v = kl_test_db_vvalue(s_db_url, fmt, ap);
     va_end(ap);
-    char *v = kl_test_db_value(s_db_url, sql);
     if (!v)
-        fail_msg("%s failed", sql);
-    free(sql);
+        fail_msg("query failed (its error is printed above)");
     return v;
 }
 

@@ -297,15 +297,6 @@ s_move(const char *id, const char *isolation, const char *server,
     return out;
 }
 
-static int64_t
-s_count_of(const Kowloon__Tenant__MoveTenantResponse *m, const char *table)
-{
-    for (size_t i = 0; i < m->n_counts; i++)
-        if (strcmp(m->counts[i]->table, table) == 0)
-            return m->counts[i]->rows;
-    return -1;
-}
-
 /* Records the tenant's placement after a move in the fixture. */
 static void
 s_replace(const Kowloon__Tenant__Tenant *t)
@@ -348,8 +339,8 @@ s_round_trip(const char *from, const char *to)
         fail_msg("Move %s -> %s: %s", from, to, st.message);
     assert_string_equal(m->tenant->isolation, to);
     assert_false(m->tenant->moving);
-    assert_int_equal(s_count_of(m, "projects"), 7);
-    assert_int_equal(s_count_of(m, "tasks"), 35);
+    assert_int_equal(ws_move_count(m, "projects"), 7);
+    assert_int_equal(ws_move_count(m, "tasks"), 35);
     if (strcmp(to, "database") == 0) {
         assert_string_equal(m->tenant->db_server, "main");
         assert_int_equal(strncmp(m->tenant->db_name, "kowloon_t_", 10), 0);
@@ -534,8 +525,8 @@ test_write_during_move(void **state)
     pthread_join(th, NULL);
     if (!job.out)
         fail_msg("Move: %s", job.st.message);
-    assert_int_equal(s_count_of(job.out, "projects"), 3);
-    assert_int_equal(s_count_of(job.out, "tasks"), 6);
+    assert_int_equal(ws_move_count(job.out, "projects"), 3);
+    assert_int_equal(ws_move_count(job.out, "tasks"), 6);
     s_replace(job.out->tenant);
     /* The retried write now succeeds, in the new placement, once the
      * workspace service has heard that the move ended (an event, or its
@@ -611,8 +602,8 @@ test_move_100k(void **state)
     int64_t wall = kl_now_mono_ms() - started;
     if (!m)
         fail_msg("Move: %s", st.message);
-    assert_int_equal(s_count_of(m, "projects"), 1000);
-    assert_int_equal(s_count_of(m, "tasks"), 99000);
+    assert_int_equal(ws_move_count(m, "projects"), 1000);
+    assert_int_equal(ws_move_count(m, "tasks"), 99000);
     fprintf(stderr,
             "MOVE 100000 rows row -> database: %lld ms in the mover, %lld ms "
             "for the call\n",

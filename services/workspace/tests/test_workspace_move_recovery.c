@@ -320,15 +320,6 @@ s_move(s_inst_t *in, const char *id, const char *isolation, kl_status_t *st)
     return out;
 }
 
-static int64_t
-s_count_of(const Kowloon__Tenant__MoveTenantResponse *m, const char *table)
-{
-    for (size_t i = 0; i < m->n_counts; i++)
-        if (strcmp(m->counts[i]->table, table) == 0)
-            return m->counts[i]->rows;
-    return -1;
-}
-
 /* UpdateProject as tenant: a write that needs no flags service. */
 static int
 s_write(const char *tenant, const char *project, const char *name,
@@ -639,8 +630,8 @@ test_move_settles_first(void **state)
         fail_msg("Move: %s", st.message);
     assert_string_equal(m->tenant->isolation, "schema");
     assert_false(m->tenant->moving);
-    assert_int_equal(s_count_of(m, "projects"), 3);
-    assert_int_equal(s_count_of(m, "tasks"), 12);
+    assert_int_equal(ws_move_count(m, "projects"), 3);
+    assert_int_equal(ws_move_count(m, "tasks"), 12);
     s_free(m);
     s_assert_value("0", S_SHARED_ROWS, x.id);
     s_assert_settled(&x, "schema", "seeded");
@@ -655,8 +646,8 @@ test_move_settles_first(void **state)
     if (!m)
         fail_msg("Move: %s", st.message);
     assert_string_equal(m->tenant->isolation, "database");
-    assert_int_equal(s_count_of(m, "projects"), 3);
-    assert_int_equal(s_count_of(m, "tasks"), 12);
+    assert_int_equal(ws_move_count(m, "projects"), 3);
+    assert_int_equal(ws_move_count(m, "tasks"), 12);
     s_free(m);
     s_assert_value("0", S_SCHEMAS, y.id);
     s_assert_value("0", S_SHARED_ROWS, y.id);
@@ -717,8 +708,8 @@ test_live_move_left_alone(void **state)
     pthread_join(th, NULL);
     if (!job.out)
         fail_msg("Move: %s", job.st.message);
-    assert_int_equal(s_count_of(job.out, "projects"), 3);
-    assert_int_equal(s_count_of(job.out, "tasks"), 12);
+    assert_int_equal(ws_move_count(job.out, "projects"), 3);
+    assert_int_equal(ws_move_count(job.out, "tasks"), 12);
     s_free(job.out);
     s_assert_settled(&x, "schema", "seeded");
     s_tenant_free(&x);

@@ -349,3 +349,12 @@ ws_owner_exec(const char *tenant_id, const char *sql)
     free(all);
     free(url);
 }
+
+int64_t
+ws_move_count(const Kowloon__Tenant__MoveTenantResponse *m, const char *table)
+{
+    for (size_t i = 0; i < m->n_counts; i++)
+        if (strcmp(m->counts[i]->table, table) == 0)
+            return m->counts[i]->rows;
+    return -1;
+}

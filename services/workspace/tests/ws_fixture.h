@@ -10,10 +10,12 @@
 #define WS_FIXTURE_H
 
 #include "kl_tenant_db.h"
+#include "kowloon/tenant.pb-c.h"
 #include "tenant_provision.h"
 
 #include <libpq-fe.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 typedef struct {
     char *admin_url; /* KLTEST_PG_URL: superuser, its own database */
@@ -84,5 +86,9 @@ long ws_rows(const char *table, const char *tenant_id);
 /* Runs sql (unqualified names) as the owner role in tenant_id's schema,
  * provisioning the tenant first if needed. Fails the test on error. */
 void ws_owner_exec(const char *tenant_id, const char *sql);
+
+/* The row count a Move answered for table, or -1 when it names none. */
+int64_t ws_move_count(const Kowloon__Tenant__MoveTenantResponse *m,
+                      const char *table);
 
 #endif
