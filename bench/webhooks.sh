@@ -24,7 +24,10 @@
 #   BENCH_WRK_THREADS=2 BENCH_WRK_CONNECTIONS=64
 #   BENCH_MAX_DURATION=120s      wrk's -d: the pass must end before it
 #   BENCH_HTTP_THREADS=96        KOWLOON_HTTP_THREADS of the gateway
-#   BENCH_WORKERS=4              KOWLOON_WORKERS of tenant, flags, billing
+#   BENCH_WORKERS=4              KOWLOON_WORKERS of tenant and flags
+#   BENCH_BILLING_WORKERS=32     KOWLOON_WORKERS of billing: concurrent
+#                                deliveries it holds, so the largest batch
+#                                its group commit can record (docs/billing.md)
 #   BENCH_OUTBOX_WAIT=300        longest wait (s) for the outbox to drain
 #   BENCH_BUILD_DIR=$KL_ROOT/build-bench2   BENCH_SKIP_BUILD=1 uses what is there
 #   BENCH_KEEP_TMP=1 keeps the scratch dir (logs, wrk outputs, events)
@@ -46,6 +49,7 @@ WRK_C=${BENCH_WRK_CONNECTIONS:-64}
 MAXD=${BENCH_MAX_DURATION:-120s}
 HTTP_THREADS=${BENCH_HTTP_THREADS:-96}
 WORKERS=${BENCH_WORKERS:-4}
+BILLING_WORKERS=${BENCH_BILLING_WORKERS:-32}
 BUILD=${BENCH_BUILD_DIR:-$KL_ROOT/build-bench2}
 OUTBOX_WAIT=${BENCH_OUTBOX_WAIT:-300}
 BASE=$KB_BASE
@@ -182,7 +186,7 @@ kb_service flags "$FLAGS_BIN" KOWLOON_DATABASE_URL="$KB_DB_URL" \
     KOWLOON_WORKERS="$WORKERS" KOWLOON_FLAGS_BIND="$K_FLAGS_ZMQ"
 FLAGS_PID=$KB_LAST_PID
 kb_service billing "$BILLING_BIN" KOWLOON_DATABASE_URL="$KB_DB_URL" \
-    KOWLOON_WORKERS="$WORKERS" KOWLOON_BILLING_BIND="$K_BILLING_ZMQ" \
+    KOWLOON_WORKERS="$BILLING_WORKERS" KOWLOON_BILLING_BIND="$K_BILLING_ZMQ" \
     KOWLOON_TENANT_ENDPOINTS="$K_TENANT_ZMQ" KOWLOON_FLAGS_ENDPOINTS="$K_FLAGS_ZMQ" \
     KOWLOON_STRIPE_API_BASE="$STRIPE_NONE" KOWLOON_STRIPE_SECRET_KEY=sk_test_bench_intake \
     KOWLOON_STRIPE_WEBHOOK_SECRETS="$K_SECRET"

@@ -48,11 +48,12 @@ struct billing_service {
     char *portal_return_url; /* owned */
     int64_t grace_s;
     int64_t sweep_interval_ms;
-    billing_stripe_t *stripe; /* owned */
-    kl_rpc_client_t *tenant;  /* owned */
-    kl_rpc_client_t *flags;   /* owned */
-    billing_plans_t *plans;   /* owned */
-    billing_outbox_t *outbox; /* owned; NULL until started */
+    billing_stripe_t *stripe;       /* owned */
+    kl_rpc_client_t *tenant;        /* owned */
+    kl_rpc_client_t *flags;         /* owned */
+    billing_plans_t *plans;         /* owned */
+    billing_outbox_t *outbox;       /* owned; NULL until started */
+    billing_intake_group_t *intake; /* owned; webhook group commit */
     int (*fault)(const char *point, void *user);
     void *fault_user;
     kl_service_t *std; /* owned; the workers' pg */
@@ -839,6 +840,7 @@ s_handle_webhook(Kowloon__Billing__BillingService_Service *svc,
         .plans = self->plans,
         .fault = self->fault,
         .fault_user = self->fault_user,
+        .group = self->intake,
     };
     int rc = billing_intake_handle(&opts, w->pg, in->payload.data,
                                    in->payload.len, in->signature, event_id,
@@ -946,6 +948,7 @@ billing_service_new(const billing_service_opts_t *opts, kl_status_t *status)
     self->tenant = tenant;
     self->flags = flags;
     self->plans = billing_plans_new(flags, S_PLANS_TTL_MS);
+    self->intake = billing_intake_group_new();
     self->fault = opts->fault;
     self->fault_user = opts->fault_user;
     self->std = kl_service_new(&(kl_service_opts_t){
@@ -961,6 +964,7 @@ billing_service_destroy(billing_service_t **self_p)
     billing_service_t *self = *self_p;
     billing_outbox_destroy(&self->outbox);
     kl_service_destroy(&self->std);
+    billing_intake_group_destroy(&self->intake);
     billing_plans_destroy(&self->plans);
     kl_rpc_client_destroy(&self->flags);
     kl_rpc_client_destroy(&self->tenant);
@@ -1006,6 +1010,13 @@ ProtobufCService *
 billing_service_base(billing_service_t *self)
 {
     return &self->base.base;
+}
+
+void
+billing_service_intake_stats(billing_service_t *self,
+                             billing_intake_group_stats_t *out)
+{
+    billing_intake_group_stats(self->intake, out);
 }
 
 void

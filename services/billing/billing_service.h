@@ -10,6 +10,7 @@
 #ifndef BILLING_SERVICE_H
 #define BILLING_SERVICE_H
 
+#include "billing_intake.h"
 #include "kl_code.h"
 #include "kl_rpc_server.h"
 
@@ -73,5 +74,10 @@ ProtobufCService *billing_service_base(billing_service_t *self);
 /* Sets opts' worker_init, worker_fini, ready and user. */
 void billing_service_server_opts(billing_service_t *self,
                                  kl_rpc_server_opts_t *opts);
+
+/* Webhook group commit so far (billing_intake.h): batches of two or more
+ * deliveries, the deliveries in them, batches recorded one by one. */
+void billing_service_intake_stats(billing_service_t *self,
+                                  billing_intake_group_stats_t *out);
 
 #endif

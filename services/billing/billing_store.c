@@ -436,6 +436,206 @@ billing_store_intake_read(const PGresult *res, const billing_keys_t *keys,
     return true;
 }
 
+/* --- batch forms (billing_intake's group commit) ------------------------ */
+
+void
+billing_store_batch_init(billing_store_batch_t *b, int ncols)
+{
+    memset(b, 0, sizeof *b);
+    b->ncols = ncols;
+}
+
+/* Appends v to an array literal: NULL unquoted, any other value quoted
+ * with its quotes and backslashes escaped. */
+static void
+s_arr_elem(kl_buf_t *a, const char *v)
+{
+    kl_buf_str(a, a->len ? "," : "{");
+    if (!v) {
+        kl_buf_str(a, "NULL");
+        return;
+    }
+    kl_buf_add(a, "\"", 1);
+    for (const char *c = v; *c; c++) {
+        if (*c == '"' || *c == '\\')
+            kl_buf_add(a, "\\", 1);
+        kl_buf_add(a, c, 1);
+    }
+    kl_buf_add(a, "\"", 1);
+}
+
+void
+billing_store_batch_row(billing_store_batch_t *b, const char *const *v)
+{
+    for (int i = 0; i < b->ncols; i++)
+        s_arr_elem(&b->cols[i], v[i]);
+    b->nrows++;
+}
+
+void
+billing_store_batch_free(billing_store_batch_t *b)
+{
+    for (int i = 0; i < b->ncols; i++)
+        free(b->cols[i].p);
+    memset(b, 0, sizeof *b);
+}
+
+/* Closes the arrays; v[i] is column i's literal ("{}" with no row). */
+static void
+s_batch_finish(billing_store_batch_t *b)
+{
+    for (int i = 0; i < b->ncols; i++) {
+        kl_buf_str(&b->cols[i], b->cols[i].len ? "}" : "{}");
+        b->v[i] = b->cols[i].p;
+    }
+}
+
+/*
+ * The intake statement over arrays, a row of them per event (the single
+ * statement's parameters): the same inbox insert, tenant lookup and row
+ * locks, one output row per event recorded now, its position (from 1)
+ * first. Events are inserted in position order.
+ */
+static const char s_intake_batch_sql[] =
+    "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[],"
+    " $3::bigint[], $4::uuid[], $5::text[], $6::text[]) WITH ORDINALITY"
+    " AS u(id, type, created, candidate, sub_id, cus_id, ord)),"
+    " ins AS (INSERT INTO billing.events (id, type, created)"
+    " SELECT id, type, created FROM input ORDER BY ord"
+    " ON CONFLICT (id) DO NOTHING RETURNING id),"
+    " t AS MATERIALIZED (SELECT i.ord, coalesce(i.candidate,"
+    " (SELECT s.tenant_id FROM billing.subscriptions s"
+    " WHERE i.sub_id <> '' AND s.subscription_id = i.sub_id),"
+    " (SELECT c.tenant_id FROM billing.customers c"
+    " WHERE i.cus_id <> '' AND c.customer_id = i.cus_id)) AS tenant_id"
+    " FROM input i JOIN ins ON ins.id = i.id)"
+    " SELECT t.ord, t.tenant_id::text, l.*, c.customer_id, p.paid_until"
+    " FROM t LEFT JOIN LATERAL (SELECT " S_SUB_COLS
+    " FROM billing.subscriptions s WHERE s.tenant_id = t.tenant_id"
+    " FOR UPDATE) l ON true"
+    " LEFT JOIN billing.customers c ON c.tenant_id = t.tenant_id"
+    " LEFT JOIN billing.prepaid p ON p.tenant_id = t.tenant_id"
+    " ORDER BY t.ord";
+
+void
+billing_store_intake_batch_add(billing_store_batch_t *b, const char *id,
+                               const char *type, int64_t created,
+                               const billing_keys_t *keys)
+{
+    billing_intake_params_t p;
+    kl_pg_stmt_t one;
+    billing_store_intake_stmt(id, type, created, keys, &p, &one);
+    billing_store_batch_row(b, p.v);
+}
+
+void
+billing_store_intake_batch_stmt(billing_store_batch_t *b, kl_pg_stmt_t *stmt)
+{
+    s_batch_finish(b);
+    *stmt = (kl_pg_stmt_t){"billing_intake_batch", s_intake_batch_sql,
+                           BILLING_INTAKE_NPARAMS, b->v};
+}
+
+int
+billing_store_intake_batch_read(const PGresult *res, int row, int *ord,
+                                const billing_keys_t *keys,
+                                billing_preload_t *out)
+{
+    *ord = (int)s_i64(res, row, 0);
+    if (!out)
+        return 0;
+    memset(out, 0, sizeof *out);
+    out->keys = *keys;
+    out->found = !PQgetisnull(res, row, 1);
+    if (out->found) {
+        s_copy(out->row.tenant_id, sizeof out->row.tenant_id, res, row, 1);
+        s_sub_from(res, row, 2, &out->row);
+        s_customer_from(res, row, 18, &out->row);
+    }
+    return 0;
+}
+
+/* The effect statement over arrays, a row per event (the single
+ * statement's 27 parameters): the same writes; the events' tenants must
+ * be distinct (each subscription row is written once). */
+#define S_SUB_SET_E                                                            \
+    "subscription_id = e.subscription_id, customer_id = e.customer_id,"        \
+    " item_id = e.item_id, price_id = e.price_id, plan = e.plan,"              \
+    " status = e.status, tenant_status = e.tenant_status,"                     \
+    " collection_method = e.collection_method,"                                \
+    " cancel_at_period_end = e.cancel_at_period_end,"                          \
+    " current_period_end = e.current_period_end, trial_end = e.trial_end,"     \
+    " past_due_since = e.past_due_since, grace_expired = e.grace_expired,"     \
+    " status_event_created = e.status_event_created,"                          \
+    " status_event_id = e.status_event_id, updated_at = now()"
+
+#define S_SUB_INS_COLS                                                         \
+    "tenant_id, subscription_id, customer_id, item_id, price_id, plan,"        \
+    " status, tenant_status, collection_method, cancel_at_period_end,"         \
+    " current_period_end, trial_end, past_due_since, grace_expired,"           \
+    " status_event_created, status_event_id"
+
+static const char s_effect_batch_sql[] =
+    "WITH e AS MATERIALIZED (SELECT * FROM unnest($1::uuid[], $2::text[],"
+    " $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],"
+    " $9::text[], $10::boolean[], $11::bigint[], $12::bigint[],"
+    " $13::bigint[], $14::boolean[], $15::bigint[], $16::text[],"
+    " $17::boolean[], $18::boolean[], $19::text[], $20::boolean[],"
+    " $21::text[], $22::text[], $23::text[], $24::text[], $25::text[],"
+    " $26::uuid[], $27::text[]) WITH ORDINALITY AS u(tenant_id,"
+    " subscription_id, customer_id, item_id, price_id, plan, status,"
+    " tenant_status, collection_method, cancel_at_period_end,"
+    " current_period_end, trial_end, past_due_since, grace_expired,"
+    " status_event_created, status_event_id, save, locked, customer,"
+    " outbox, ob_status, ob_plan, ob_reason, ob_source, event_id,"
+    " event_tenant, outcome, ord)),"
+    " upd AS (UPDATE billing.subscriptions s SET " S_SUB_SET_E
+    " FROM e WHERE e.save AND e.locked AND s.tenant_id = e.tenant_id"
+    " RETURNING 1),"
+    " ins AS (INSERT INTO billing.subscriptions (" S_SUB_INS_COLS ")"
+    " SELECT " S_SUB_INS_COLS " FROM e WHERE e.save AND NOT e.locked"
+    " ORDER BY ord ON CONFLICT (tenant_id) DO UPDATE SET"
+    " subscription_id = excluded.subscription_id,"
+    " customer_id = excluded.customer_id, item_id = excluded.item_id,"
+    " price_id = excluded.price_id, plan = excluded.plan,"
+    " status = excluded.status, tenant_status = excluded.tenant_status,"
+    " collection_method = excluded.collection_method,"
+    " cancel_at_period_end = excluded.cancel_at_period_end,"
+    " current_period_end = excluded.current_period_end,"
+    " trial_end = excluded.trial_end,"
+    " past_due_since = excluded.past_due_since,"
+    " grace_expired = excluded.grace_expired,"
+    " status_event_created = excluded.status_event_created,"
+    " status_event_id = excluded.status_event_id, updated_at = now()"
+    " RETURNING 1),"
+    " cus AS (INSERT INTO billing.customers (tenant_id, customer_id)"
+    " SELECT tenant_id, customer FROM e WHERE customer <> '' ORDER BY ord"
+    " ON CONFLICT DO NOTHING RETURNING 1),"
+    " ob AS (INSERT INTO billing.outbox (tenant_id, status, plan, reason,"
+    " event_id) SELECT tenant_id, ob_status, ob_plan, ob_reason, ob_source"
+    " FROM e WHERE e.outbox ORDER BY ord RETURNING 1)"
+    " UPDATE billing.events v SET tenant_id = e.event_tenant,"
+    " outcome = e.outcome FROM e WHERE v.id = e.event_id";
+
+void
+billing_store_effect_batch_add(billing_store_batch_t *b,
+                               const billing_effect_t *e, const char *event_id,
+                               const char *event_tenant, const char *outcome)
+{
+    billing_effect_params_t p;
+    kl_pg_stmt_t one;
+    billing_store_effect_stmt(e, event_id, event_tenant, outcome, &p, &one);
+    billing_store_batch_row(b, p.v);
+}
+
+void
+billing_store_effect_batch_stmt(billing_store_batch_t *b, kl_pg_stmt_t *stmt)
+{
+    s_batch_finish(b);
+    *stmt = (kl_pg_stmt_t){"billing_effect_batch", s_effect_batch_sql,
+                           BILLING_EFFECT_NPARAMS, b->v};
+}
+
 /* Outbox rows from a result of the take's columns. */
 static void
 s_outbox_rows(const PGresult *res, billing_outbox_row_t *rows)

@@ -17,6 +17,7 @@
 #ifndef BILLING_STORE_H
 #define BILLING_STORE_H
 
+#include "kl_alloc.h"
 #include "kl_code.h"
 #include "kl_pg.h"
 
@@ -158,6 +159,46 @@ void billing_store_intake_stmt(const char *id, const char *type,
  * locked). */
 bool billing_store_intake_read(const PGresult *res, const billing_keys_t *keys,
                                billing_preload_t *out);
+
+/*
+ * Batch forms of the intake and effect statements (billing_intake's group
+ * commit, docs/billing.md "Group commit"): each parameter is an array with
+ * an element per event, built from the single statement's parameters, and
+ * the statement runs once for all. A batch of n events: init, n adds, the
+ * stmt (valid until free).
+ */
+typedef struct {
+    int ncols, nrows;
+    kl_buf_t cols[BILLING_EFFECT_NPARAMS]; /* array literals */
+    const char *v[BILLING_EFFECT_NPARAMS];
+} billing_store_batch_t;
+
+void billing_store_batch_init(billing_store_batch_t *b, int ncols);
+/* Appends a row: v[i] (NULL: SQL NULL) to column i's array. */
+void billing_store_batch_row(billing_store_batch_t *b, const char *const *v);
+void billing_store_batch_free(billing_store_batch_t *b);
+
+/* init with BILLING_INTAKE_NPARAMS. One output row per event recorded
+ * now (ordered by position): billing_store_intake_batch_read gives its
+ * position (1 = the first event added) and, with out, what the single
+ * statement's row gives. Events without a row were recorded already. */
+void billing_store_intake_batch_add(billing_store_batch_t *b, const char *id,
+                                    const char *type, int64_t created,
+                                    const billing_keys_t *keys);
+void billing_store_intake_batch_stmt(billing_store_batch_t *b,
+                                     kl_pg_stmt_t *stmt);
+int billing_store_intake_batch_read(const PGresult *res, int row, int *ord,
+                                    const billing_keys_t *keys,
+                                    billing_preload_t *out);
+
+/* init with BILLING_EFFECT_NPARAMS. The events' tenants must differ. */
+void billing_store_effect_batch_add(billing_store_batch_t *b,
+                                    const billing_effect_t *e,
+                                    const char *event_id,
+                                    const char *event_tenant,
+                                    const char *outcome);
+void billing_store_effect_batch_stmt(billing_store_batch_t *b,
+                                     kl_pg_stmt_t *stmt);
 
 typedef struct {
     int64_t id;

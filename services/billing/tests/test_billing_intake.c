@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <libpq-fe.h>
 
 #define S_TIMEOUT_MS 15000
 #define S_WHSEC "whsec_intake_test"
@@ -50,20 +51,26 @@ static kl_test_server_t *s_tenant, *s_flags, *s_billing;
 static long long s_created = 1700000000; /* events' created, increasing */
 
 /* The fault hook: "kill" terminates the backend of the intake between its
- * round trips and lets the call go on; "fail" stops the call there. */
-static char s_fault_mode[8];
+ * round trips and lets the call go on; "fail" stops the call there;
+ * "failbatch" stops the next batch of two or more there. */
+static char s_fault_mode[16];
 static pthread_mutex_t s_fault_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static int
 s_fault(const char *point, void *user)
 {
     (void)user;
-    if (strcmp(point, "webhook.decided") != 0)
+    bool batch = strcmp(point, "webhook.batch.decided") == 0;
+    if (!batch && strcmp(point, "webhook.decided") != 0)
         return 0;
     pthread_mutex_lock(&s_fault_mu);
-    char mode[8];
+    char mode[16];
     snprintf(mode, sizeof mode, "%s", s_fault_mode);
-    s_fault_mode[0] = '\0';
+    /* "failbatch" waits for a batch; the others for a lone delivery. */
+    if (batch == (strcmp(mode, "failbatch") == 0))
+        s_fault_mode[0] = '\0';
+    else
+        mode[0] = '\0';
     pthread_mutex_unlock(&s_fault_mu);
     if (strcmp(mode, "kill") == 0) {
         char *n = kl_test_db_value(
@@ -76,7 +83,7 @@ s_fault(const char *point, void *user)
         free(n);
         return 0;
     }
-    return strcmp(mode, "fail") == 0;
+    return strcmp(mode, "fail") == 0 || strcmp(mode, "failbatch") == 0;
 }
 
 /* --- helpers ---------------------------------------------------------- */
@@ -350,7 +357,8 @@ s_setup(void **state)
         fprintf(stderr, "billing service: %s\n", st.message);
         return -1;
     }
-    o = (kl_rpc_server_opts_t){.workers = 4};
+    /* 10: held deliveries and a batch queued behind them (group tests). */
+    o = (kl_rpc_server_opts_t){.workers = 10};
     billing_service_server_opts(s_billing_svc, &o);
     s_billing = kl_test_server_start(billing_service_base(s_billing_svc), &o);
     return s_billing ? 0 : -1;
@@ -694,6 +702,284 @@ test_outbox_folds_backlog(void **state)
                      3);
 }
 
+/* --- group commit ------------------------------------------------------- */
+
+/* A delivery on a thread of its own. */
+static void *
+s_deliver_main(void *arg)
+{
+    s_deliver(arg);
+    return NULL;
+}
+
+static billing_intake_group_stats_t
+s_stats(void)
+{
+    billing_intake_group_stats_t g;
+    billing_service_intake_stats(s_billing_svc, &g);
+    return g;
+}
+
+/*
+ * Makes a batch of list: BILLING_INTAKE_LEADERS deliveries of tenants
+ * "<held>0", "<held>1", ... each lead a batch of their own and wait on
+ * their subscription rows, locked here; list queues behind them; the rows
+ * are let go, and the next leader takes list as one batch (but for
+ * deliveries sharing keys). Every answer is in when this returns; a
+ * failed one fails the test only after every thread is joined and the
+ * rows are free, so a failure never leaves a worker stuck.
+ */
+static void
+s_batch_behind(const char *held, s_delivery_t *helds, s_delivery_t **list,
+               size_t n)
+{
+    enum { H = BILLING_INTAKE_LEADERS };
+    PGconn *c = PQconnectdb(s_url);
+    assert_int_equal(PQstatus(c), CONNECTION_OK);
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "BEGIN; SELECT 1 FROM billing.subscriptions WHERE"
+             " subscription_id LIKE 'sub\\_%s_' FOR UPDATE",
+             held);
+    PGresult *r = PQexec(c, sql);
+    bool locked = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == H;
+    PQclear(r);
+    pthread_t th[H + 8];
+    assert_true(n <= 8);
+    size_t started = 0;
+    for (int k = 0; locked && k < H; k++)
+        if (pthread_create(&th[started], NULL, s_deliver_main, &helds[k]) == 0)
+            started++;
+    bool ok = locked && started == H;
+    /* Wait for them without failing yet (a failure must free the rows). */
+    int64_t until = kl_now_mono_ms() + 10000;
+    while (ok && s_count("SELECT count(*) FROM pg_stat_activity WHERE"
+                         " datname = current_database() AND"
+                         " wait_event_type = 'Lock'%s",
+                         "") < H)
+        if (kl_now_mono_ms() > until)
+            ok = false;
+        else
+            usleep(5 * 1000);
+    for (size_t i = 0; ok && i < n; i++) {
+        if (pthread_create(&th[started], NULL, s_deliver_main, list[i]) != 0) {
+            ok = false;
+            break;
+        }
+        started++;
+        until = kl_now_mono_ms() + 10000;
+        while (s_stats().waiting < i + 1 && kl_now_mono_ms() < until)
+            usleep(2 * 1000);
+        ok = s_stats().waiting >= i + 1;
+    }
+    r = PQexec(c, "COMMIT");
+    PQclear(r);
+    PQfinish(c);
+    for (size_t i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
+    if (!ok)
+        fail_msg("could not queue the batch behind %d held deliveries "
+                 "(rows locked: %d)",
+                 H, locked);
+    for (int k = 0; k < H; k++)
+        if (helds[k].rc != 0)
+            fail_msg("held delivery %s: %s", helds[k].id, helds[k].message);
+    for (size_t i = 0; i < n; i++)
+        if (list[i]->rc != 0)
+            fail_msg("delivery of %s: %s %s", list[i]->id,
+                     kl_strerror(list[i]->rc), list[i]->message);
+}
+
+/* Tenants "<held>0".. for s_batch_behind, and their deliveries. */
+static void
+s_helds_new(const char *held, s_delivery_t *helds, const char *event_prefix,
+            bool failed, long long created)
+{
+    for (int k = 0; k < BILLING_INTAKE_LEADERS; k++) {
+        char tag[32], id[37], eid[64];
+        snprintf(tag, sizeof tag, "%s%d", held, k);
+        if (s_count("SELECT count(*) FROM billing.subscriptions WHERE"
+                    " subscription_id = 'sub_%s'",
+                    tag) == 0)
+            s_tenant_new(tag, id);
+        snprintf(eid, sizeof eid, "%s%d", event_prefix, k);
+        s_invoice(&helds[k], eid, tag, failed, created);
+    }
+}
+
+static void
+s_helds_free(s_delivery_t *helds)
+{
+    for (int k = 0; k < BILLING_INTAKE_LEADERS; k++)
+        free(helds[k].payload);
+}
+
+static void
+s_assert_sub(const char *tag, const char *want)
+{
+    char *v = s_value("SELECT status || ' ' || status_event_id FROM"
+                      " billing.subscriptions WHERE subscription_id ="
+                      " 'sub_%s'",
+                      tag);
+    assert_string_equal(v, want);
+    free(v);
+}
+
+/*
+ * Deliveries queued behind a busy intake are recorded in batches: four
+ * tenants' failed invoices, a redelivery of an event recorded before, and
+ * a second event of the first tenant (deliveries sharing keys with one
+ * taken wait for the batch after). Each is answered as alone: recorded once
+ * with its effect, the redelivery a duplicate, the tenant's two events applied
+ * in order.
+ */
+static void
+test_group_commit_batch(void **state)
+{
+    (void)state;
+    char ids[4][37], tags[4][16];
+    for (int k = 0; k < 4; k++) {
+        snprintf(tags[k], sizeof tags[k], "grp%d", k);
+        s_tenant_new(tags[k], ids[k]);
+    }
+    long long base = s_created;
+    s_created += 4;
+    s_delivery_t old, helds[BILLING_INTAKE_LEADERS], ev[4], again, later;
+    s_invoice(&old, "evt_grp_old", "grp3", false, base);
+    s_deliver(&old);
+    assert_int_equal(old.rc, 0);
+    s_helds_new("grpheld", helds, "evt_grp_held", true, base + 1);
+    for (int k = 0; k < 4; k++) {
+        char eid[32];
+        snprintf(eid, sizeof eid, "evt_grp_%d", k);
+        s_invoice(&ev[k], eid, tags[k], true, base + 1);
+    }
+    s_copy(&again, &old);
+    s_invoice(&later, "evt_grp_later", "grp0", false, base + 2);
+    s_delivery_t *list[6] = {&ev[0], &later, &ev[1], &ev[2], &again, &ev[3]};
+    billing_intake_group_stats_t before = s_stats();
+    s_batch_behind("grpheld", helds, list, 6);
+    billing_intake_group_stats_t after = s_stats();
+    /* ev0, ev1, ev2 and the redelivery of grp3's event; then `later`
+     * and ev3, which share keys with ev0 and the redelivery. */
+    assert_int_equal(after.batches - before.batches, 2);
+    assert_int_equal(after.grouped - before.grouped, 6);
+    assert_int_equal(after.fallbacks, before.fallbacks);
+    assert_int_equal(after.waiting, 0);
+    assert_true(again.duplicate);
+    assert_false(later.duplicate);
+    for (int k = 0; k < 4; k++)
+        assert_false(ev[k].duplicate);
+    s_assert_sub("grp0", "active evt_grp_later");
+    s_assert_sub("grp1", "past_due evt_grp_1");
+    s_assert_sub("grp2", "past_due evt_grp_2");
+    /* grp3's failed event is newer than its recorded success. */
+    s_assert_sub("grp3", "past_due evt_grp_3");
+    s_assert_sub("grpheld0", "past_due evt_grp_held0");
+    assert_int_equal(s_count("SELECT count(*) FROM billing.events WHERE id"
+                             " LIKE '%s'",
+                             "evt\\_grp\\_%"),
+                     6 + BILLING_INTAKE_LEADERS);
+    assert_int_equal(s_count("SELECT count(*) FROM billing.outbox WHERE"
+                             " event_id LIKE '%s'",
+                             "evt\\_grp\\_%"),
+                     5 + BILLING_INTAKE_LEADERS);
+    s_drain();
+    for (int k = 1; k < 4; k++) {
+        char *t = s_tenant_status(ids[k]);
+        assert_string_equal(t, "past_due");
+        free(t);
+    }
+    char *t = s_tenant_status(ids[0]);
+    assert_string_equal(t, "active");
+    free(t);
+    free(old.payload);
+    s_helds_free(helds);
+    free(again.payload);
+    free(later.payload);
+    for (int k = 0; k < 4; k++)
+        free(ev[k].payload);
+}
+
+/*
+ * A batch that cannot be recorded whole is rolled back and each delivery
+ * recorded alone: (1) two events that name one tenant by different keys
+ * (one by its subscription, one by its customer only), and (2) the batch's
+ * connection killed between its round trips. Every delivery is still
+ * answered 200 and recorded once with its effect.
+ */
+static void
+test_group_commit_fallback(void **state)
+{
+    (void)state;
+    char id[37], other[37];
+    s_tenant_new("gfa", id);
+    s_tenant_new("gfb", other);
+    long long base = s_created;
+    s_created += 4;
+    s_delivery_t helds[BILLING_INTAKE_LEADERS], by_sub, by_cus, b;
+    s_helds_new("gfheld", helds, "evt_gf_held", true, base);
+    s_sign(&by_sub, "evt_gf_sub", "invoice.payment_failed", base + 1,
+           "{\"id\":\"in_gf1\",\"object\":\"invoice\",\"customer\":"
+           "\"cus_gf_unknown\",\"subscription\":\"sub_gfa\","
+           "\"amount_paid\":0}");
+    s_sign(&by_cus, "evt_gf_cus", "invoice.payment_failed", base + 1,
+           "{\"id\":\"in_gf2\",\"object\":\"invoice\",\"customer\":"
+           "\"cus_gfa\",\"subscription\":\"sub_gf_unknown\","
+           "\"amount_paid\":0}");
+    s_invoice(&b, "evt_gf_b", "gfb", true, base + 1);
+    s_delivery_t *list[3] = {&by_sub, &by_cus, &b};
+    billing_intake_group_stats_t before = s_stats();
+    s_batch_behind("gfheld", helds, list, 3);
+    billing_intake_group_stats_t after = s_stats();
+    assert_int_equal(after.batches - before.batches, 1);
+    assert_int_equal(after.fallbacks - before.fallbacks, 1);
+    for (int i = 0; i < 3; i++)
+        assert_false(list[i]->duplicate);
+    assert_int_equal(s_count("SELECT count(*) FROM billing.events WHERE id"
+                             " LIKE '%s' AND outcome <> ''",
+                             "evt\\_gf\\_%"),
+                     3 + BILLING_INTAKE_LEADERS);
+    s_assert_sub("gfa", "past_due evt_gf_sub");
+    s_assert_sub("gfb", "past_due evt_gf_b");
+
+    /* (2) The batch's decision fails (a fault): rolled back, then each
+     * delivery alone. */
+    s_helds_free(helds);
+    s_delivery_t x, y;
+    s_helds_new("gfheld", helds, "evt_gf_held2_", false, base + 2);
+    s_invoice(&x, "evt_gf_x", "gfa", false, base + 2);
+    s_invoice(&y, "evt_gf_y", "gfb", false, base + 2);
+    s_delivery_t *list2[2] = {&x, &y};
+    before = s_stats();
+    pthread_mutex_lock(&s_fault_mu);
+    snprintf(s_fault_mode, sizeof s_fault_mode, "%s", "failbatch");
+    pthread_mutex_unlock(&s_fault_mu);
+    s_batch_behind("gfheld", helds, list2, 2);
+    after = s_stats();
+    assert_string_equal(s_fault_mode, "");
+    assert_int_equal(after.batches - before.batches, 1);
+    assert_int_equal(after.fallbacks - before.fallbacks, 1);
+    assert_false(x.duplicate);
+    assert_false(y.duplicate);
+    s_assert_sub("gfa", "active evt_gf_x");
+    s_assert_sub("gfb", "active evt_gf_y");
+    assert_int_equal(s_count("SELECT count(*) FROM billing.outbox WHERE"
+                             " event_id IN ('evt_gf_x', 'evt_gf_y')%s",
+                             ""),
+                     2);
+    s_drain();
+    char *t = s_tenant_status(id);
+    assert_string_equal(t, "active");
+    free(t);
+    s_helds_free(helds);
+    free(by_sub.payload);
+    free(by_cus.payload);
+    free(b.payload);
+    free(x.payload);
+    free(y.payload);
+}
+
 int
 main(void)
 {
@@ -704,6 +990,8 @@ main(void)
         cmocka_unit_test(test_mixed_paths),
         cmocka_unit_test(test_lost_between_round_trips),
         cmocka_unit_test(test_outbox_folds_backlog),
+        cmocka_unit_test(test_group_commit_batch),
+        cmocka_unit_test(test_group_commit_fallback),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

@@ -497,6 +497,118 @@ test_intake(void **state)
     kl_pg_destroy(&pg);
 }
 
+/* The batch forms: three events in one intake statement (one found by
+ * its subscription and locked, one recorded already, one with an id full
+ * of array-literal syntax and no keys), then their effects in one
+ * statement; each event gets what the single statements would give it. */
+static void
+test_batch_forms(void **state)
+{
+    (void)state;
+    char t[37];
+    kl_test_db_uuid(t);
+    char *ok = s_value(
+        "WITH e AS (INSERT INTO billing.events (id, type, created) VALUES"
+        " ('evt_bt_old', 'x', 1))"
+        " INSERT INTO billing.subscriptions (tenant_id, subscription_id,"
+        " customer_id, plan, status, tenant_status, status_event_created)"
+        " VALUES ('%s', 'sub_bt', 'cus_bt', 'pro', 'active', 'active', 7)"
+        " RETURNING 1",
+        t);
+    free(ok);
+    const char *hostile = "evt_bt_\"q\\\\{a,b}NULL";
+    kl_pg_t *pg = kl_pg_new(s_url), *other = kl_pg_new(s_url);
+    billing_keys_t by_sub = {.subscription_id = "sub_bt",
+                             .customer_id = "cus_bt"};
+    billing_keys_t nothing;
+    memset(&nothing, 0, sizeof nothing);
+    billing_store_batch_t b;
+    billing_store_batch_init(&b, BILLING_INTAKE_NPARAMS);
+    billing_store_intake_batch_add(&b, "evt_bt_1", "invoice.paid", 20, &by_sub);
+    billing_store_intake_batch_add(&b, "evt_bt_old", "invoice.paid", 20,
+                                   &nothing);
+    billing_store_intake_batch_add(&b, hostile, "invoice.paid", 21, &nothing);
+    kl_pg_stmt_t stmt;
+    billing_store_intake_batch_stmt(&b, &stmt);
+    PGresult *out = NULL;
+    kl_status_t st;
+    if (kl_pg_pipeline_ex(pg, &stmt, 1, KL_PG_PIPE_BEGIN, &out, &st) < 0)
+        fail_msg("intake batch: %s", st.message);
+    billing_store_batch_free(&b);
+    assert_int_equal(PQntuples(out), 2);
+    billing_preload_t *pre = kl_malloc(2 * sizeof *pre);
+    int ord = 0;
+    billing_store_intake_batch_read(out, 0, &ord, &by_sub, &pre[0]);
+    assert_int_equal(ord, 1);
+    assert_true(pre[0].found);
+    assert_string_equal(pre[0].row.tenant_id, t);
+    assert_true(pre[0].row.has_subscription);
+    assert_string_equal(pre[0].row.status, "active");
+    assert_int_equal(pre[0].row.status_event_created, 7);
+    assert_string_equal(pre[0].keys.subscription_id, "sub_bt");
+    billing_store_intake_batch_read(out, 1, &ord, &nothing, &pre[1]);
+    assert_int_equal(ord, 3);
+    assert_false(pre[1].found);
+    PQclear(out);
+    assert_false(s_lockable(other, t));
+
+    billing_effect_t e;
+    memset(&e, 0, sizeof e);
+    snprintf(e.tenant_id, sizeof e.tenant_id, "%s", t);
+    e.save = true;
+    e.exists = true;
+    e.sub = pre[0].row;
+    snprintf(e.sub.status, sizeof e.sub.status, "past_due");
+    snprintf(e.sub.tenant_status, sizeof e.sub.tenant_status, "past_due");
+    e.sub.past_due_since = 20;
+    e.sub.status_event_created = 20;
+    snprintf(e.sub.status_event_id, sizeof e.sub.status_event_id, "evt_bt_1");
+    e.outbox = true;
+    snprintf(e.outbox_status, sizeof e.outbox_status, "past_due");
+    snprintf(e.outbox_reason, sizeof e.outbox_reason, "it's \"failed\"");
+    snprintf(e.outbox_source, sizeof e.outbox_source, "evt_bt_1");
+    billing_effect_t none;
+    memset(&none, 0, sizeof none);
+    billing_store_batch_init(&b, BILLING_EFFECT_NPARAMS);
+    billing_store_effect_batch_add(&b, &e, "evt_bt_1", t, "first");
+    billing_store_effect_batch_add(&b, &none, hostile, "", "ignored {x}");
+    assert_int_equal(b.nrows, 2);
+    billing_store_effect_batch_stmt(&b, &stmt);
+    out = NULL;
+    if (kl_pg_pipeline_ex(pg, &stmt, 1, KL_PG_PIPE_COMMIT, &out, &st) < 0)
+        fail_msg("effect batch: %s", st.message);
+    PQclear(out);
+    billing_store_batch_free(&b);
+    assert_true(s_lockable(other, t));
+    char *v = s_value("SELECT status || ' ' || tenant_status || ' ' ||"
+                      " past_due_since || ' ' || status_event_id || ' ' ||"
+                      " plan FROM billing.subscriptions WHERE tenant_id ="
+                      " '%s'",
+                      t);
+    assert_string_equal(v, "past_due past_due 20 evt_bt_1 pro");
+    free(v);
+    v = s_value("SELECT status || '|' || coalesce(plan, 'NULL') || '|' ||"
+                " reason || '|' || event_id FROM billing.outbox WHERE"
+                " tenant_id = '%s'",
+                t);
+    assert_string_equal(v, "past_due|NULL|it's \"failed\"|evt_bt_1");
+    free(v);
+    v = s_value("SELECT string_agg(id || '|' || coalesce(tenant_id::text,"
+                " 'NULL') || '|' || outcome, ';' ORDER BY id) FROM"
+                " billing.events WHERE id LIKE 'evt\\_bt\\_%s'",
+                "%");
+    char want[512];
+    snprintf(want, sizeof want,
+             "%s|NULL|ignored {x};evt_bt_1|%s|first;"
+             "evt_bt_old|NULL|",
+             hostile, t);
+    assert_string_equal(v, want);
+    free(v);
+    free(pre);
+    kl_pg_destroy(&other);
+    kl_pg_destroy(&pg);
+}
+
 int
 main(void)
 {
@@ -507,6 +619,7 @@ main(void)
         cmocka_unit_test(test_outbox_followers),
         cmocka_unit_test(test_effect),
         cmocka_unit_test(test_intake),
+        cmocka_unit_test(test_batch_forms),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
