@@ -52,7 +52,9 @@
     X(DATABASE_URL, STR, NULL, 1, 4096, NULL, KL_CFG_SECRET, KL_PROC_SERVICES, \
       "libpq connection string of the control database.")                      \
     X(WORKERS, INT, "4", 1, 256, NULL, 0, KL_PROC_SERVICES,                    \
-      "Worker threads of a service, each with its own database connection.")   \
+      "Worker threads of a service, each with its own database connection. "   \
+      "For billing also the most webhook deliveries it holds at once, so the " \
+      "largest batch of its group commit.")                                    \
     X(TENANT_BIND, STR, "tcp://127.0.0.1:7101", 1, 256, NULL, 0,               \
       KL_PROC_TENANT, "ZeroMQ endpoint the tenant service binds.")             \
     X(FLAGS_BIND, STR, "tcp://127.0.0.1:7102", 1, 256, NULL, 0, KL_PROC_FLAGS, \
