@@ -142,6 +142,10 @@
       KL_PROC_GATEWAY | KL_PROC_BILLING,                                       \
       "How long a past_due tenant keeps access before the gateway answers "    \
       "402.")                                                                  \
+    X(BILLING_RETENTION_DAYS, INT, "90", 7, 36500, NULL, 0, KL_PROC_BILLING,   \
+      "Days billing keeps a webhook event in its inbox, and an outbox row "    \
+      "after it was applied; older ones are deleted hourly. At least 7: "      \
+      "Stripe retries a delivery for up to 3 days.")                           \
     X(MIGRATION_BIND, STR, "tcp://127.0.0.1:7105", 1, 256, NULL, 0,            \
       KL_PROC_MIGRATION, "ZeroMQ endpoint the migration service binds.")       \
     X(MIGRATION_ENDPOINTS, LIST, "tcp://127.0.0.1:7105", 1, 4096, NULL, 0,     \

@@ -7,6 +7,7 @@
 #include "kl_alloc.h"
 #include "kl_log.h"
 #include "kl_pg.h"
+#include "kl_rpc.h"
 #include "kowloon/tenant.pb-c.h"
 
 #include <pthread.h>
@@ -27,6 +28,8 @@ struct billing_outbox {
     int64_t grace_s;
     int64_t poll_ms;
     int64_t sweep_ms;
+    int retention_days;
+    int64_t prune_ms;
     int64_t yield_ms;
     pthread_mutex_t mu;  /* guards the flags below */
     pthread_cond_t cond; /* signalled on wake and stop */
@@ -233,15 +236,44 @@ s_worker_main(void *arg)
     return NULL;
 }
 
+/* Deletes what retention_days has expired, a batch per transaction, until
+ * a batch finds fewer rows than it may take (or the worker stops). */
+static void
+s_prune(billing_outbox_t *self, kl_pg_t *pg)
+{
+    enum { S_PRUNE_BATCH = 5000 };
+    int total = 0, n = S_PRUNE_BATCH;
+    kl_status_t st;
+    while (n == S_PRUNE_BATCH && !s_stopping(self)) {
+        if (billing_store_prune(pg, self->retention_days, S_PRUNE_BATCH, &n,
+                                &st) < 0) {
+            KL_LOG(KL_WARN, "pruning the inbox and outbox failed: %s",
+                   st.message);
+            return;
+        }
+        total += n;
+    }
+    if (total > 0)
+        KL_LOG(KL_INFO,
+               "pruned %d inbox events and applied outbox rows older than %d "
+               "days",
+               total, self->retention_days);
+}
+
 static void *
 s_sweeper_main(void *arg)
 {
     billing_outbox_t *self = arg;
     kl_log_set_context("billing-sweeper", NULL);
     kl_pg_t *pg = kl_pg_new(self->database_url);
+    int64_t prune_at = kl_now_mono_ms();
     while (s_wait(self, self->sweep_ms, false)) {
         kl_status_t st;
         int n = 0;
+        if (kl_now_mono_ms() >= prune_at) {
+            s_prune(self, pg);
+            prune_at = kl_now_mono_ms() + self->prune_ms;
+        }
         if (kl_pg_begin(pg, &st) < 0 ||
             billing_store_sweep_grace(pg, self->grace_s, &n, &st) < 0 ||
             kl_pg_commit(pg, &st) < 0) {
@@ -273,6 +305,9 @@ billing_outbox_new(const billing_outbox_opts_t *opts, kl_status_t *status)
     self->poll_ms = opts->poll_interval_ms > 0 ? opts->poll_interval_ms : 1000;
     self->sweep_ms =
         opts->sweep_interval_ms > 0 ? opts->sweep_interval_ms : 5000;
+    self->retention_days = opts->retention_days > 0 ? opts->retention_days : 90;
+    self->prune_ms =
+        opts->prune_interval_ms > 0 ? opts->prune_interval_ms : 3600 * 1000;
     self->yield_ms = opts->yield_ms > 0 ? opts->yield_ms : 100;
     pthread_mutex_init(&self->mu, NULL);
     pthread_cond_init(&self->cond, NULL);

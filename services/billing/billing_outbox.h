@@ -14,7 +14,10 @@
  *   between them while commits keep adding rows: during a burst of
  *   webhooks intake goes first.
  * - The sweeper moves past_due subscriptions whose grace has run out to
- *   suspended (billing_store_sweep_grace) every sweep_interval_ms.
+ *   suspended (billing_store_sweep_grace) every sweep_interval_ms, and
+ *   every prune_interval_ms (first at start) deletes inbox events and
+ *   applied outbox rows older than retention_days (billing_store_prune, in
+ *   batches of a transaction each).
  *
  * Several billing instances may run both: rows are taken FOR UPDATE SKIP
  * LOCKED. Each thread owns its own database connection.
@@ -35,6 +38,8 @@ typedef struct {
     int64_t sweep_interval_ms; /* 0: 5000 */
     int64_t yield_ms;          /* pause between full batches while rows
                                 * keep being queued; 0: 100 */
+    int retention_days;        /* 0: 90 */
+    int64_t prune_interval_ms; /* 0: one hour */
 } billing_outbox_opts_t;
 
 typedef struct billing_outbox billing_outbox_t;

@@ -48,6 +48,8 @@ struct billing_service {
     char *portal_return_url; /* owned */
     int64_t grace_s;
     int64_t sweep_interval_ms;
+    int retention_days;
+    int64_t prune_interval_ms;
     billing_stripe_t *stripe;       /* owned */
     kl_rpc_client_t *tenant;        /* owned */
     kl_rpc_client_t *flags;         /* owned */
@@ -944,6 +946,8 @@ billing_service_new(const billing_service_opts_t *opts, kl_status_t *status)
     self->portal_return_url = kl_strdup(opts->portal_return_url);
     self->grace_s = opts->past_due_grace_s;
     self->sweep_interval_ms = opts->sweep_interval_ms;
+    self->retention_days = opts->retention_days;
+    self->prune_interval_ms = opts->prune_interval_ms;
     self->stripe = stripe;
     self->tenant = tenant;
     self->flags = flags;
@@ -1001,6 +1005,8 @@ billing_service_start(billing_service_t *self, kl_status_t *status)
         .tenant = self->tenant,
         .grace_s = self->grace_s,
         .sweep_interval_ms = self->sweep_interval_ms,
+        .retention_days = self->retention_days,
+        .prune_interval_ms = self->prune_interval_ms,
     };
     self->outbox = billing_outbox_new(&opts, status);
     return self->outbox ? 0 : -(int)status->code;

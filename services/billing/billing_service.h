@@ -44,6 +44,8 @@ typedef struct {
     size_t max_message_bytes;
     /* Tuning (0: defaults); tests shorten them. */
     int64_t sweep_interval_ms;      /* grace sweeper period, default 5000 */
+    int retention_days;             /* inbox/outbox retention; 0: 90 */
+    int64_t prune_interval_ms;      /* how often to prune; 0: one hour */
     long stripe_backoff_ms;         /* first retry wait, default 500 */
     long stripe_max_total_ms;       /* a Stripe call's budget, default 60000 */
     long stripe_request_timeout_ms; /* one attempt, default 30000 */

@@ -436,6 +436,30 @@ billing_store_intake_read(const PGresult *res, const billing_keys_t *keys,
     return true;
 }
 
+int
+billing_store_prune(kl_pg_t *pg, int days, int max, int *n, kl_status_t *status)
+{
+    char d[16], m[16];
+    snprintf(d, sizeof d, "%d", days);
+    snprintf(m, sizeof m, "%d", max);
+    const char *params[] = {d, m};
+    PGresult *res = kl_pg_query(
+        pg, "billing_prune",
+        "WITH e AS (DELETE FROM billing.events WHERE id IN (SELECT id FROM"
+        " billing.events WHERE received_at < now() - $1::int *"
+        " interval '1 day' LIMIT $2::int) RETURNING 1),"
+        " o AS (DELETE FROM billing.outbox WHERE id IN (SELECT id FROM"
+        " billing.outbox WHERE done_at < now() - $1::int * interval '1 day'"
+        " LIMIT $2::int) RETURNING 1)"
+        " SELECT greatest((SELECT count(*) FROM e), (SELECT count(*) FROM o))",
+        2, params, status);
+    if (!res)
+        return s_code(status);
+    *n = (int)s_i64(res, 0, 0);
+    PQclear(res);
+    return 0;
+}
+
 /* --- batch forms (billing_intake's group commit) ------------------------ */
 
 void

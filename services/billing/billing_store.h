@@ -238,6 +238,13 @@ int billing_store_outbox_retry(kl_pg_t *pg, int64_t id, int64_t delay_ms,
 int billing_store_sweep_grace(kl_pg_t *pg, int64_t grace_s, int *n,
                               kl_status_t *status);
 
+/* Deletes up to max inbox events received more than days ago and up to
+ * max outbox rows applied (done) more than days ago; pending outbox rows
+ * are never deleted. Its own statement, outside a transaction. *n: the
+ * larger of the two counts (less than max: nothing more to delete). */
+int billing_store_prune(kl_pg_t *pg, int days, int max, int *n,
+                        kl_status_t *status);
+
 /*
  * Idempotency keys. Claims the pending key of (tenant, op): an existing
  * one younger than 23 h is reused, with the body stored with it when

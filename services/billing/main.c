@@ -85,6 +85,8 @@ main(void)
         .checkout_cancel_url = kl_config_str(cfg, KL_CFG_CHECKOUT_CANCEL_URL),
         .portal_return_url = kl_config_str(cfg, KL_CFG_PORTAL_RETURN_URL),
         .past_due_grace_s = kl_config_int(cfg, KL_CFG_PAST_DUE_GRACE_S),
+        .retention_days =
+            (int)kl_config_int(cfg, KL_CFG_BILLING_RETENTION_DAYS),
     };
     int rc = 1;
     kl_rpc_server_t *server = NULL;

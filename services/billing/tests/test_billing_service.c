@@ -293,6 +293,8 @@ s_billing_start(s_billing_t *b, const char *api_base)
         .portal_return_url = "https://app.example.com/billing",
         .past_due_grace_s = S_GRACE_S,
         .sweep_interval_ms = 200,
+        .retention_days = 30,
+        .prune_interval_ms = 200,
         .stripe_backoff_ms = 50,
         .stripe_max_total_ms = 3000,
         .stripe_request_timeout_ms = 2000,
@@ -1338,6 +1340,53 @@ test_tenant_service_down(void **state)
                      0);
 }
 
+/* The sweeper prunes what the retention has expired: an event received
+ * 31 days ago and an outbox row applied then go (KOWLOON_BILLING_
+ * RETENTION_DAYS 30 here); a pending row of that age and a recent event
+ * stay. */
+static void
+test_retention_prunes(void **state)
+{
+    (void)state;
+    char *ok = s_db_value(
+        "WITH e AS (INSERT INTO billing.events (id, type, created,"
+        " received_at) VALUES ('evt_ret_old', 'x', 1, now() - interval"
+        " '31 days'), ('evt_ret_new', 'x', 1, now() - interval '29 days')"
+        " RETURNING 1), o AS (INSERT INTO billing.outbox (tenant_id, status,"
+        " reason, created_at, done_at, next_attempt_at) VALUES"
+        " (gen_random_uuid(), 'active', 'ret_done', now() - interval"
+        " '40 days', now() - interval '31 days', now()),"
+        " (gen_random_uuid(), 'active', 'ret_pending', now() - interval"
+        " '40 days', NULL, now() + interval '1 day') RETURNING 1)"
+        " SELECT (SELECT count(*) FROM e) + (SELECT count(*) FROM o)%s",
+        "");
+    assert_string_equal(ok, "4");
+    free(ok);
+    int64_t until = kl_now_mono_ms() + 10000;
+    while (s_db_count("SELECT count(*) FROM billing.events WHERE id ="
+                      " '%s'",
+                      "evt_ret_old") > 0 ||
+           s_db_count("SELECT count(*) FROM billing.outbox WHERE reason ="
+                      " '%s'",
+                      "ret_done") > 0) {
+        if (kl_now_mono_ms() > until)
+            fail_msg("expired rows were not pruned within 10 s");
+        usleep(50 * 1000);
+    }
+    assert_int_equal(s_db_count("SELECT count(*) FROM billing.events WHERE"
+                                " id = '%s'",
+                                "evt_ret_new"),
+                     1);
+    assert_int_equal(s_db_count("SELECT count(*) FROM billing.outbox WHERE"
+                                " reason = '%s'",
+                                "ret_pending"),
+                     1);
+    char *del = s_db_value("DELETE FROM billing.outbox WHERE reason ="
+                           " 'ret_pending' RETURNING 1%s",
+                           "");
+    free(del);
+}
+
 int
 main(void)
 {
@@ -1354,6 +1403,7 @@ main(void)
         cmocka_unit_test(test_plan_portal_cancel),
         cmocka_unit_test(test_send_invoice),
         cmocka_unit_test(test_tenant_service_down),
+        cmocka_unit_test(test_retention_prunes),
     };
     return cmocka_run_group_tests(tests, s_group_setup, s_group_teardown);
 }

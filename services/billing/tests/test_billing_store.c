@@ -609,6 +609,61 @@ test_batch_forms(void **state)
     kl_pg_destroy(&pg);
 }
 
+/* Retention: inbox events received, and outbox rows applied, more than
+ * the days ago go, in batches of max; recent ones and pending outbox rows
+ * (however old) stay. */
+static void
+test_prune(void **state)
+{
+    (void)state;
+    char t[37];
+    kl_test_db_uuid(t);
+    char *ok = s_value(
+        "WITH e AS (INSERT INTO billing.events (id, type, created,"
+        " received_at) SELECT 'evt_pr_old' || g, 'x', 1, now() - interval"
+        " '91 days' FROM generate_series(1, 5) g UNION ALL SELECT"
+        " 'evt_pr_new', 'x', 1, now() - interval '89 days' RETURNING 1),"
+        " o AS (INSERT INTO billing.outbox (tenant_id, status, reason,"
+        " created_at, done_at) SELECT '%s'::uuid, 'active', 'pr_done_old',"
+        " now() -"
+        " interval '200 days', now() - interval '91 days' FROM"
+        " generate_series(1, 3) UNION ALL SELECT '%s'::uuid, 'active',"
+        " 'pr_done_new', now() - interval '200 days', now() - interval"
+        " '1 day' UNION ALL SELECT '%s'::uuid, 'active', 'pr_pending', now() -"
+        " interval '200 days', NULL RETURNING 1)"
+        " SELECT (SELECT count(*) FROM e) + (SELECT count(*) FROM o)",
+        t, t, t);
+    assert_string_equal(ok, "11");
+    free(ok);
+    kl_pg_t *pg = kl_pg_new(s_url);
+    kl_status_t st;
+    int n = 0, calls = 0, rc;
+    do {
+        rc = billing_store_prune(pg, 90, 2, &n, &st);
+        if (rc < 0)
+            fail_msg("prune: %s", st.message);
+        calls++;
+    } while (n == 2 && calls < 10);
+    /* 5 old events in batches of 2: 2, 2, 1. */
+    assert_int_equal(calls, 3);
+    assert_int_equal(s_long("SELECT count(*) FROM billing.events WHERE id"
+                            " LIKE 'evt\\_pr\\_%s'",
+                            "%"),
+                     1);
+    assert_int_equal(s_long("SELECT count(*) FROM billing.events WHERE id ="
+                            " '%s'",
+                            "evt_pr_new"),
+                     1);
+    char *v = s_value("SELECT string_agg(reason, ',' ORDER BY reason) FROM"
+                      " billing.outbox WHERE tenant_id = '%s'",
+                      t);
+    assert_string_equal(v, "pr_done_new,pr_pending");
+    free(v);
+    assert_int_equal(billing_store_prune(pg, 90, 2, &n, &st), 0);
+    assert_int_equal(n, 0);
+    kl_pg_destroy(&pg);
+}
+
 int
 main(void)
 {
@@ -620,6 +675,7 @@ main(void)
         cmocka_unit_test(test_effect),
         cmocka_unit_test(test_intake),
         cmocka_unit_test(test_batch_forms),
+        cmocka_unit_test(test_prune),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
