@@ -433,11 +433,21 @@ kl_pg_t *
 kl_tenant_tx_begin_ex(kl_tenant_db_t *self, const kl_tenant_place_t *place,
                       unsigned flags, kl_status_t *status)
 {
+    if (flags & KL_TENANT_TX_SNAPSHOT)
+        flags |= KL_TENANT_TX_READ_ONLY;
     kl_pg_t *pg = s_place_conn(self, place, status);
     if (!pg)
         return NULL;
     if (kl_pg_begin(pg, status) < 0)
         return NULL;
+    /* Before any query: the snapshot is taken by the first one. */
+    if ((flags & KL_TENANT_TX_SNAPSHOT) &&
+        kl_pg_exec(pg,
+                   "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+                   status) < 0) {
+        kl_pg_rollback(pg);
+        return NULL;
+    }
     const char *params[4];
     kl_pg_stmt_t scope = s_scope_stmt(place, flags, params);
     PGresult *res = kl_pg_query(pg, scope.name, scope.sql, scope.nparams,

@@ -135,6 +135,11 @@ size_t kl_tenant_db_open_count(const kl_tenant_db_t *self);
 #define KL_TENANT_FENCE_SCHEMA "kowloon_placement"
 #define KL_TENANT_FENCE_TABLE "kowloon_placement.moved"
 #define KL_TENANT_TX_READ_ONLY 0x01u
+/* KL_TENANT_TX_READ_ONLY, and REPEATABLE READ: every statement of the
+ * transaction sees the one snapshot of its first (a read of several
+ * statements that must agree, such as an export page). One more round
+ * trip. */
+#define KL_TENANT_TX_SNAPSHOT 0x02u
 
 /* The advisory-lock key text: hashtextextended() of it is the bigint key. */
 #define KL_TENANT_LOCK_SQL(param)                                              \
@@ -142,7 +147,8 @@ size_t kl_tenant_db_open_count(const kl_tenant_db_t *self);
 
 /* As kl_tenant_tx_begin (which is kl_tenant_tx_begin_ex(..., 0, ...)), with
  * flags: KL_TENANT_TX_READ_ONLY skips the move lock (reads go on during a
- * move; the data is still in place until the switch). UNAVAILABLE when the
+ * move; the data is still in place until the switch); KL_TENANT_TX_SNAPSHOT
+ * also reads one snapshot. UNAVAILABLE when the
  * tenant is being moved (writes) or its placement changed. */
 kl_pg_t *kl_tenant_tx_begin_ex(kl_tenant_db_t *self,
                                const kl_tenant_place_t *place, unsigned flags,

@@ -499,6 +499,52 @@ test_database_model_and_lru(void **state)
     kl_tenant_db_destroy(&t);
 }
 
+/* KL_TENANT_TX_SNAPSHOT: a row inserted and committed by another session
+ * between two statements is not seen by the second, and writes are
+ * refused; a KL_TENANT_TX_READ_ONLY transaction (READ COMMITTED) sees it. */
+static void
+test_snapshot_read(void **state)
+{
+    (void)state;
+    kl_tenant_db_t *t = s_tdb(2), *writer = s_tdb(2);
+    kl_tenant_place_t a = s_place(s_a, KL_ISOLATION_ROW, NULL);
+    kl_status_t st;
+    const unsigned modes[] = {KL_TENANT_TX_SNAPSHOT, KL_TENANT_TX_READ_ONLY};
+    for (int m = 0; m < 2; m++) {
+        kl_pg_t *pg = kl_tenant_tx_begin_ex(t, &a, modes[m], &st);
+        if (!pg)
+            fail_msg("begin: %s", st.message);
+        PGresult *r = kl_pg_query(
+            pg, NULL,
+            "SELECT count(*), current_setting('transaction_isolation'),"
+            " current_setting('transaction_read_only') FROM items",
+            0, NULL, &st);
+        assert_non_null(r);
+        long before = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+        assert_string_equal(PQgetvalue(r, 0, 1),
+                            m == 0 ? "repeatable read" : "read committed");
+        /* KL_TENANT_TX_READ_ONLY alone only skips the move lock. */
+        assert_string_equal(PQgetvalue(r, 0, 2), m == 0 ? "on" : "off");
+        PQclear(r);
+        s_scoped_exec(writer, &a,
+                      "INSERT INTO items (label) VALUES ('snap') RETURNING 1");
+        r = kl_pg_query(pg, NULL, "SELECT count(*) FROM items", 0, NULL, &st);
+        assert_non_null(r);
+        assert_int_equal(strtol(PQgetvalue(r, 0, 0), NULL, 10),
+                         m == 0 ? before : before + 1);
+        PQclear(r);
+        if (m == 0) {
+            assert_null(kl_pg_query(pg, NULL,
+                                    "INSERT INTO items (label) VALUES ('no')",
+                                    0, NULL, &st));
+            assert_non_null(strstr(st.message, "read-only transaction"));
+        }
+        kl_tenant_tx_rollback(t, pg);
+    }
+    kl_tenant_db_destroy(&writer);
+    kl_tenant_db_destroy(&t);
+}
+
 /* A mover's exclusive lock refuses writes, not reads; the fence refuses a
  * stale placement. */
 static void
@@ -1007,6 +1053,7 @@ main(void)
         cmocka_unit_test(test_schema_model),
         cmocka_unit_test(test_database_model_and_lru),
         cmocka_unit_test(test_move_lock_and_fence),
+        cmocka_unit_test(test_snapshot_read),
         cmocka_unit_test(test_hostile_names),
         cmocka_unit_test(test_read_row_model),
         cmocka_unit_test(test_read_schema_and_database_models),

@@ -782,10 +782,10 @@ s_export(Kowloon__Workspace__WorkspaceService_Service *svc,
     if (rc == 0)
         rc = s_token_decode(in->page_token, &page, after_id, &st);
     if (rc == 0)
-        rc = s_begin_read(closure_data, &w, &st);
+        rc = s_begin_ex(closure_data, &w, KL_TENANT_TX_SNAPSHOT, &st);
     if (rc == 0) {
-        /* One transaction: the page's tasks are those of its projects as
-         * they were when the page was read. */
+        /* One snapshot (REPEATABLE READ): the page's tasks are those of
+         * its projects as they were when the projects were read. */
         rc = workspace_store_project_list(&(workspace_db_t){.pg = w->pg}, &page,
                                           &projects, &more, &st);
         if (rc == 0 && projects.n > 0) {
