@@ -15,6 +15,7 @@
 #include "kowloon/migration.pb-c.h"
 #include "kowloon/tenant.pb-c.h"
 #include "tenant_apikey.h"
+#include "tenant_creations.h"
 #include "tenant_mover.h"
 #include "tenant_moves.h"
 #include "tenant_provision.h"
@@ -233,20 +234,7 @@ s_pick_server(const tenant_service_t *self, kl_service_worker_t *w,
     return kl_status_set(status, KL_UNAVAILABLE, "no database server answers");
 }
 
-static int
-s_place_of(const tenant_service_t *self, const tenant_row_t *row,
-           kl_tenant_place_t *out, kl_status_t *status)
-{
-    kl_isolation_t iso;
-    int rc = kl_isolation_parse(row->isolation, &iso, status);
-    if (rc == 0)
-        rc = kl_tenant_place(row->id, iso, self->shared_schema, row->db_server,
-                             out, status);
-    return rc;
-}
-
-/* Provisions a new tenant's schema or database and fences it; on failure
- * the tenant's record is removed again (it never existed). */
+/* Provisions a new schema or database tenant (tenant_creations). */
 static int
 s_provision(const tenant_service_t *self, kl_service_worker_t *w,
             const tenant_row_t *row, kl_status_t *status)
@@ -260,27 +248,19 @@ s_provision(const tenant_service_t *self, kl_service_worker_t *w,
                row->id, row->isolation);
         return 0;
     }
-    kl_tenant_place_t place;
-    int rc = s_place_of(self, row, &place, status);
-    if (rc == 0)
-        rc = tenant_provision_create(self->prov, &place, status);
-    if (rc == 0)
-        rc =
-            tenant_provision_fence(self->prov, row->id, row->isolation, status);
-    if (rc < 0) {
-        KL_LOG(KL_WARN, "provisioning tenant %s (%s) failed: %s", row->id,
-               row->isolation, status->message);
-        kl_status_t ignored;
-        tenant_provision_drop(self->prov, &place, &ignored);
-        if (tenant_store_purge(w->pg, row->id, &ignored) < 0)
-            KL_LOG(KL_WARN, "removing tenant %s failed: %s, ignored", row->id,
-                   ignored.message);
-        if (status->code != KL_UNAVAILABLE)
-            return kl_status_set(status, KL_INTERNAL,
-                                 "provisioning the tenant's %s failed",
-                                 row->isolation);
-    }
-    return rc;
+    return tenant_creations_provision(self->prov, self->shared_schema, w->pg,
+                                      row, status);
+}
+
+static int
+s_recover_creations(const tenant_service_t *self, kl_pg_t *pg,
+                    const char *subdomain, size_t *removed, kl_status_t *status)
+{
+    *removed = 0;
+    if (!self->prov)
+        return 0;
+    return tenant_creations_recover(self->prov, self->shared_schema, pg,
+                                    subdomain, removed, status);
 }
 
 /* MigrationService.ProvisionTenant: the migrate hook in production. */
@@ -341,9 +321,23 @@ s_create(Kowloon__Tenant__TenantService_Service *svc,
     char server[KL_TENANT_NAME_MAX] = "";
     if (rc == 0 && strcmp(isolation, "database") == 0)
         rc = s_pick_server(self, w, in->db_server, server, &st);
+    /* Schema and database tenants are hidden until provisioned. */
+    bool provisioning = self->prov && strcmp(isolation, "row") != 0;
     if (rc == 0)
-        rc = tenant_store_create(w->pg, in->subdomain, in->name, plan,
-                                 isolation, server, status, &row, &st);
+        rc =
+            tenant_store_create(w->pg, in->subdomain, in->name, plan, isolation,
+                                server, status, provisioning, &row, &st);
+    size_t removed = 0;
+    /* The subdomain may be held by a creation a dead process left. */
+    if (rc == -KL_ALREADY_EXISTS &&
+        s_recover_creations(self, w->pg, in->subdomain, &removed, &st) == 0 &&
+        removed > 0)
+        rc =
+            tenant_store_create(w->pg, in->subdomain, in->name, plan, isolation,
+                                server, status, provisioning, &row, &st);
+    else if (rc == -KL_ALREADY_EXISTS)
+        kl_status_set(&st, KL_ALREADY_EXISTS, "subdomain \"%s\" is taken",
+                      in->subdomain);
     if (rc == 0)
         rc = s_provision(self, w, &row, &st);
     if (rc < 0) {
@@ -963,9 +957,11 @@ tenant_service_recover(const tenant_service_t *self, kl_status_t *status)
             KL_LOG(KL_WARN, "no events for settled moves: %s", rst.message);
     }
     s_move_events_t ev = {self, redis};
-    size_t settled = 0, left = 0;
-    int rc =
-        tenant_moves_recover(&self->moves, pg, &ev, &settled, &left, status);
+    size_t settled = 0, left = 0, removed = 0;
+    int rc = s_recover_creations(self, pg, NULL, &removed, status);
+    if (rc == 0)
+        rc = tenant_moves_recover(&self->moves, pg, &ev, &settled, &left,
+                                  status);
     /* Each tenant left for a failure was logged at warn already; one left
      * because another process holds it is that process's to settle. */
     if (rc == 0 && (settled > 0 || left > 0))

@@ -61,7 +61,9 @@ void tenant_service_destroy(tenant_service_t **self_p);
  * placement fence in the main database. */
 int tenant_service_migrate(const tenant_service_t *self, kl_status_t *status);
 
-/* After tenant_service_migrate, before serving: settles the moves that a
+/* After tenant_service_migrate, before serving: removes the creations a
+ * process that died mid-creation left (docs/isolation.md, "Creating a
+ * tenant"), then settles the moves that a
  * process which died mid-move left (docs/isolation.md, "Moves"): each is
  * finished if the fence shows its switch happened, else undone; a move
  * that another process holds (its claim or move lock taken) is left

@@ -57,6 +57,13 @@ static const kl_pg_migration_t s_migrations[] = {
         " ADD COLUMN move_cleanup text NOT NULL DEFAULT '';"
         "CREATE INDEX tenants_unsettled ON tenant.tenants (created_at, id)"
         " WHERE moving OR move_cleanup <> ''"},
+    /* Creation that a dead process can leave half done (docs/isolation.md,
+     * "Creating a tenant"): a schema or database tenant is recorded
+     * provisioning, invisible, until its schema or database is ready. */
+    {4, "ALTER TABLE tenant.tenants"
+        " ADD COLUMN provisioning boolean NOT NULL DEFAULT false;"
+        "CREATE INDEX tenants_provisioning ON tenant.tenants (created_at, id)"
+        " WHERE provisioning"},
 };
 
 int
@@ -134,8 +141,9 @@ s_lock_live(kl_pg_t *pg, const char *id, kl_status_t *status)
     const char *params[] = {id};
     PGresult *res = kl_pg_query(
         pg, "tenant_lock",
-        "SELECT status FROM tenant.tenants WHERE id = $1 FOR UPDATE", 1, params,
-        status);
+        "SELECT status FROM tenant.tenants WHERE id = $1 AND NOT provisioning"
+        " FOR UPDATE",
+        1, params, status);
     if (!res)
         return s_code(status);
     int rc = 0;
@@ -154,7 +162,8 @@ s_check_live(kl_pg_t *pg, const char *id, kl_status_t *status)
 {
     const char *params[] = {id};
     PGresult *res = kl_pg_query(
-        pg, "tenant_status", "SELECT status FROM tenant.tenants WHERE id = $1",
+        pg, "tenant_status",
+        "SELECT status FROM tenant.tenants WHERE id = $1 AND NOT provisioning",
         1, params, status);
     if (!res)
         return s_code(status);
@@ -183,23 +192,27 @@ int
 tenant_store_create(kl_pg_t *pg, const char *subdomain, const char *name,
                     const char *plan, const char *isolation,
                     const char *db_server, const char *tenant_status,
-                    tenant_row_t *out, kl_status_t *status)
+                    bool provisioning, tenant_row_t *out, kl_status_t *status)
 {
-    const char *params[] = {subdomain,     name,
-                            plan,          isolation,
-                            tenant_status, db_server ? db_server : ""};
+    const char *params[] = {subdomain,
+                            name,
+                            plan,
+                            isolation,
+                            tenant_status,
+                            db_server ? db_server : "",
+                            provisioning ? "t" : "f"};
     /* The database name is derived from the id, in the same statement. */
     PGresult *res = kl_pg_query(
         pg, "tenant_create",
         "WITH n AS (SELECT gen_random_uuid() AS id)"
         " INSERT INTO tenant.tenants (id, subdomain, name, plan, isolation,"
-        " status, db_server, db_name)"
+        " status, db_server, db_name, provisioning)"
         " SELECT n.id, $1, $2, $3, $4, $5,"
         " CASE WHEN $4 = 'database' THEN $6 ELSE '' END,"
         " CASE WHEN $4 = 'database' THEN 'kowloon_t_' ||"
-        "  replace(n.id::text, '-', '') ELSE '' END FROM n"
+        "  replace(n.id::text, '-', '') ELSE '' END, $7::boolean FROM n"
         " RETURNING " S_TENANT_COLS,
-        6, params, status);
+        7, params, status);
     if (!res) {
         /* The only unique key a caller controls is the live subdomain. */
         if (status->code == KL_ALREADY_EXISTS)
@@ -217,10 +230,11 @@ tenant_store_get(kl_pg_t *pg, const char *id, tenant_row_t *out,
                  kl_status_t *status)
 {
     const char *params[] = {id};
-    PGresult *res = kl_pg_query(pg, "tenant_get",
-                                "SELECT " S_TENANT_COLS
-                                " FROM tenant.tenants WHERE id = $1",
-                                1, params, status);
+    PGresult *res =
+        kl_pg_query(pg, "tenant_get",
+                    "SELECT " S_TENANT_COLS " FROM tenant.tenants WHERE id = $1"
+                    " AND NOT provisioning",
+                    1, params, status);
     if (!res)
         return s_code(status);
     int rc = 0;
@@ -239,7 +253,8 @@ tenant_store_get_by_subdomain(kl_pg_t *pg, const char *subdomain,
     const char *params[] = {subdomain};
     PGresult *res = kl_pg_query(pg, "tenant_get_by_subdomain",
                                 "SELECT " S_TENANT_COLS " FROM tenant.tenants"
-                                " WHERE subdomain = $1 AND status <> 'deleted'",
+                                " WHERE subdomain = $1 AND status <> 'deleted'"
+                                " AND NOT provisioning",
                                 1, params, status);
     if (!res)
         return s_code(status);
@@ -268,6 +283,7 @@ tenant_store_list(kl_pg_t *pg, const tenant_store_page_t *page,
         pg, "tenant_list",
         "SELECT " S_TENANT_COLS " FROM tenant.tenants"
         " WHERE (($1::text IS NULL AND status <> 'deleted') OR status = $1)"
+        "   AND NOT provisioning"
         "   AND ($2::bigint IS NULL OR (created_at, id) >"
         "        ('epoch'::timestamptz + $2::bigint * interval '1 microsecond',"
         "         $3::uuid))"
@@ -516,6 +532,52 @@ tenant_store_purge(kl_pg_t *pg, const char *id, kl_status_t *status)
         1, (const char *const[]){id}, status);
     if (!res)
         return s_code(status);
+    PQclear(res);
+    return 0;
+}
+
+int
+tenant_store_provisioned(kl_pg_t *pg, const char *id, kl_status_t *status)
+{
+    PGresult *res = kl_pg_query(
+        pg, "tenant_provisioned",
+        "UPDATE tenant.tenants SET provisioning = false, updated_at = now()"
+        " WHERE id = $1 AND provisioning RETURNING 1",
+        1, (const char *const[]){id}, status);
+    if (!res)
+        return s_code(status);
+    int rc = 0;
+    if (PQntuples(res) == 0)
+        rc =
+            kl_status_set(status, KL_ABORTED,
+                          "tenant %s was removed while it was provisioned", id);
+    PQclear(res);
+    return rc;
+}
+
+int
+tenant_store_unprovisioned(kl_pg_t *pg, int64_t older_than_s,
+                           const char *subdomain, tenant_row_t **rows,
+                           size_t *n, kl_status_t *status)
+{
+    *rows = NULL;
+    *n = 0;
+    char age[24];
+    snprintf(age, sizeof age, "%lld", (long long)older_than_s);
+    const char *params[] = {age, subdomain};
+    PGresult *res = kl_pg_query(
+        pg, "tenant_unprovisioned",
+        "SELECT " S_TENANT_COLS " FROM tenant.tenants WHERE provisioning"
+        " AND created_at < now() - $1::bigint * interval '1 second'"
+        " AND ($2::text IS NULL OR subdomain = $2) ORDER BY created_at, id",
+        2, params, status);
+    if (!res)
+        return s_code(status);
+    size_t count = (size_t)PQntuples(res);
+    *rows = kl_calloc(count ? count : 1, sizeof **rows);
+    for (size_t i = 0; i < count; i++)
+        s_tenant_from(res, (int)i, &(*rows)[i]);
+    *n = count;
     PQclear(res);
     return 0;
 }
