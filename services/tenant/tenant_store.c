@@ -127,6 +127,17 @@ s_key_from(const PGresult *res, int row, tenant_key_row_t *k)
     s_copy(k->created_at, sizeof k->created_at, res, row, 3);
 }
 
+/* The first count rows of res into *rows (caller frees), *n; clears res. */
+static void
+s_tenant_rows(PGresult *res, size_t count, tenant_row_t **rows, size_t *n)
+{
+    *rows = kl_calloc(count ? count : 1, sizeof **rows);
+    for (size_t i = 0; i < count; i++)
+        s_tenant_from(res, (int)i, &(*rows)[i]);
+    *n = count;
+    PQclear(res);
+}
+
 static int
 s_code(const kl_status_t *status)
 {
@@ -295,11 +306,7 @@ tenant_store_list(kl_pg_t *pg, const tenant_store_page_t *page,
     *more = count > (size_t)page->limit;
     if (*more)
         count = (size_t)page->limit;
-    *rows = kl_calloc(count ? count : 1, sizeof **rows);
-    for (size_t i = 0; i < count; i++)
-        s_tenant_from(res, (int)i, &(*rows)[i]);
-    *n = count;
-    PQclear(res);
+    s_tenant_rows(res, count, rows, n);
     return 0;
 }
 
@@ -573,12 +580,7 @@ tenant_store_unprovisioned(kl_pg_t *pg, int64_t older_than_s,
         2, params, status);
     if (!res)
         return s_code(status);
-    size_t count = (size_t)PQntuples(res);
-    *rows = kl_calloc(count ? count : 1, sizeof **rows);
-    for (size_t i = 0; i < count; i++)
-        s_tenant_from(res, (int)i, &(*rows)[i]);
-    *n = count;
-    PQclear(res);
+    s_tenant_rows(res, (size_t)PQntuples(res), rows, n);
     return 0;
 }
 
@@ -750,12 +752,7 @@ tenant_store_unsettled(kl_pg_t *pg, tenant_row_t **rows, size_t *n,
                                 0, NULL, status);
     if (!res)
         return s_code(status);
-    size_t count = (size_t)PQntuples(res);
-    *rows = kl_calloc(count ? count : 1, sizeof **rows);
-    for (size_t i = 0; i < count; i++)
-        s_tenant_from(res, (int)i, &(*rows)[i]);
-    *n = count;
-    PQclear(res);
+    s_tenant_rows(res, (size_t)PQntuples(res), rows, n);
     return 0;
 }
 
