@@ -404,6 +404,55 @@ def test_invoices_at_once_and_newest_first(st):
         "older than the state it would change")
 
 
+def test_many_tenants_invoices_at_once(st):
+    """Payment failures of several tenants posted at once, each three
+    times, through the gateway to billing: billing records deliveries that
+    arrive together in one transaction (group commit, docs/billing.md), and
+    each event is still recorded once, with one effect, every delivery
+    answered 200, every tenant past_due."""
+    t0 = int(time.time())
+    tenants = []
+    for i in range(4):
+        t, key = st.tenant_with_key("bgwm%d" % i)
+        r = st.api(t["subdomain"], key, "POST", "/api/v1/billing/subscription",
+                   {"plan": "starter", "email": "it@example.com"})
+        assert r.status == 200, r
+        me = {"id": t["id"], "sub": t["subdomain"], "key": key,
+              "customer": r.json["customerId"], "subscription": "sub_it_gw_many%d" % i}
+        d = st.deliver("checkout.session.completed",
+                       {"id": "cs_test_it_gw_many%d" % i, "object": "checkout.session",
+                        "mode": "subscription", "client_reference_id": me["id"],
+                        "customer": me["customer"], "subscription": me["subscription"],
+                        "payment_status": "paid",
+                        "metadata": {"tenant_id": me["id"], "plan": "pro"}},
+                       created=t0 + 1)
+        assert d["status"] == 200, d
+        tenants.append(me)
+    for me in tenants:
+        wait_gateway(st, me, "active", "pro")
+    events = []
+    for i, me in enumerate(tenants):
+        events.append(st.control("/_standin/deliver", {
+            "type": "invoice.payment_failed",
+            "data": {"object": {"id": "in_it_gw_many%d" % i, "object": "invoice",
+                                "customer": me["customer"],
+                                "subscription": me["subscription"],
+                                "amount_paid": 0}},
+            "secret": WHSEC, "deliver": False, "created": t0 + 2}))
+    posts = [ev for ev in events for _ in range(3)]
+    with concurrent.futures.ThreadPoolExecutor(len(posts)) as pool:
+        answers = list(pool.map(lambda ev: st.post_webhook(ev["payload"], ev["header"]),
+                                posts))
+    assert [a.status for a in answers] == [200] * len(posts), answers
+    q = lambda sql: h.psql(sql, st.db.url).strip()
+    for ev, me in zip(events, tenants):
+        assert q("SELECT count(*) FROM billing.events WHERE id = '%s'" % ev["id"]) == "1"
+        assert q("SELECT count(*) FROM billing.outbox WHERE event_id = '%s'" % ev["id"]) == "1"
+        wait_gateway(st, me, "past_due", "pro")
+        b = billing_view(st, me)
+        assert (b["subscriptionStatus"], b["tenantStatus"]) == ("past_due", "past_due"), b
+
+
 def test_billing_down_is_5xx(st):
     ev = st.control("/_standin/deliver", {"type": "invoice.paid",
                                           "data": {"object": {"id": "in_down"}},
