@@ -269,8 +269,7 @@ s_batch_try(const billing_intake_opts_t *opts, kl_pg_t *pg, s_job_t **jobs,
     for (int i = 0; i < n; i++)
         jobs[i]->fresh = false;
     for (int r = 0; rc == 0 && r < PQntuples(out); r++) {
-        int ord = 0;
-        billing_store_intake_batch_read(out, r, &ord, NULL, NULL);
+        int ord = billing_store_intake_batch_read(out, r, NULL, NULL);
         if (ord < 1 || ord > n || jobs[ord - 1]->fresh) {
             rc = kl_status_set(st, KL_INTERNAL,
                                "the batch intake answered position %d of %d",
@@ -278,7 +277,7 @@ s_batch_try(const billing_intake_opts_t *opts, kl_pg_t *pg, s_job_t **jobs,
             break;
         }
         s_job_t *j = jobs[ord - 1];
-        billing_store_intake_batch_read(out, r, &ord, j->keys, &j->pre);
+        billing_store_intake_batch_read(out, r, j->keys, &j->pre);
         j->fresh = true;
     }
     PQclear(out);

@@ -561,13 +561,13 @@ billing_store_intake_batch_stmt(billing_store_batch_t *b, kl_pg_stmt_t *stmt)
 }
 
 int
-billing_store_intake_batch_read(const PGresult *res, int row, int *ord,
+billing_store_intake_batch_read(const PGresult *res, int row,
                                 const billing_keys_t *keys,
                                 billing_preload_t *out)
 {
-    *ord = (int)s_i64(res, row, 0);
+    int ord = (int)s_i64(res, row, 0);
     if (!out)
-        return 0;
+        return ord;
     memset(out, 0, sizeof *out);
     out->keys = *keys;
     out->found = !PQgetisnull(res, row, 1);
@@ -576,7 +576,7 @@ billing_store_intake_batch_read(const PGresult *res, int row, int *ord,
         s_sub_from(res, row, 2, &out->row);
         s_customer_from(res, row, 18, &out->row);
     }
-    return 0;
+    return ord;
 }
 
 /* The effect statement over arrays, a row per event (the single

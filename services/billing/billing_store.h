@@ -179,15 +179,15 @@ void billing_store_batch_row(billing_store_batch_t *b, const char *const *v);
 void billing_store_batch_free(billing_store_batch_t *b);
 
 /* init with BILLING_INTAKE_NPARAMS. One output row per event recorded
- * now (ordered by position): billing_store_intake_batch_read gives its
- * position (1 = the first event added) and, with out, what the single
- * statement's row gives. Events without a row were recorded already. */
+ * now (ordered by position): billing_store_intake_batch_read returns its
+ * position (1 = the first event added) and, with out, reads what the
+ * single statement's row gives. Events without a row were recorded already. */
 void billing_store_intake_batch_add(billing_store_batch_t *b, const char *id,
                                     const char *type, int64_t created,
                                     const billing_keys_t *keys);
 void billing_store_intake_batch_stmt(billing_store_batch_t *b,
                                      kl_pg_stmt_t *stmt);
-int billing_store_intake_batch_read(const PGresult *res, int row, int *ord,
+int billing_store_intake_batch_read(const PGresult *res, int row,
                                     const billing_keys_t *keys,
                                     billing_preload_t *out);
 

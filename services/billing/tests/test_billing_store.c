@@ -537,17 +537,16 @@ test_batch_forms(void **state)
     billing_store_batch_free(&b);
     assert_int_equal(PQntuples(out), 2);
     billing_preload_t *pre = kl_malloc(2 * sizeof *pre);
-    int ord = 0;
-    billing_store_intake_batch_read(out, 0, &ord, &by_sub, &pre[0]);
-    assert_int_equal(ord, 1);
+    assert_int_equal(billing_store_intake_batch_read(out, 0, &by_sub, &pre[0]),
+                     1);
     assert_true(pre[0].found);
     assert_string_equal(pre[0].row.tenant_id, t);
     assert_true(pre[0].row.has_subscription);
     assert_string_equal(pre[0].row.status, "active");
     assert_int_equal(pre[0].row.status_event_created, 7);
     assert_string_equal(pre[0].keys.subscription_id, "sub_bt");
-    billing_store_intake_batch_read(out, 1, &ord, &nothing, &pre[1]);
-    assert_int_equal(ord, 3);
+    assert_int_equal(billing_store_intake_batch_read(out, 1, &nothing, &pre[1]),
+                     3);
     assert_false(pre[1].found);
     PQclear(out);
     assert_false(s_lockable(other, t));
