@@ -11,8 +11,9 @@
  * what is applied; the service's ledger (migration_store) mirrors it and is
  * reconciled from it, which is what makes a crashed run resumable without
  * applying anything twice. Reading the history creates nothing.
- * Migrations are applied one per transaction (migration_apply_one) or
- * several in one (migration_batch_apply), each with its history row.
+ * Every migration is applied in a transaction of its own, together with
+ * its history row: alone (migration_apply_one) or several such
+ * transactions sent in one round trip (migration_batch_apply).
  *
  * Not thread-safe: one per worker thread.
  */

@@ -1,5 +1,5 @@
 /*
- * migration_batch: one target's migrations in one transaction and one
+ * migration_batch: one target's migrations, a transaction each, in one
  * round trip.
  */
 #include "migration_batch.h"
@@ -21,15 +21,17 @@
 int
 migration_batch_apply(migration_apply_t *ap, const migration_target_t *t,
                       const migration_file_t *const *files, size_t n, bool last,
-                      int64_t *durations, kl_status_t *status)
+                      size_t *committed, int64_t *durations,
+                      kl_status_t *status)
 {
+    *committed = 0;
     for (size_t i = 0; i < n; i++)
         durations[i] = 0;
     PGconn *c = migration_apply__conn(ap, t, true, status);
     if (!c)
         return -(int)status->code;
     bool on_db = t->db_name[0] != '\0';
-    /* What may be given back after the COMMIT: the locks held on this
+    /* What may be given back after the last COMMIT: the locks held on this
      * very connection. */
     bool unlock = last && ap->locked && ap->locked_on_db == on_db &&
                   strcmp(ap->locked_target, t->target) == 0;
@@ -47,33 +49,18 @@ migration_batch_apply(migration_apply_t *ap, const migration_target_t *t,
         PQfreemem(held);
         return migration_apply__fail(c, NULL, status);
     }
-    /* One string, one round trip, one transaction. Each file runs as it
-     * would alone: search_path and app.tenant_id are set again before it
-     * (so nothing of the previous file's scope remains; migration_files_
-     * batchable keeps out files with SET, RESET or transaction control),
-     * together with the moment it starts, from which the history rows,
-     * written after the last file, take each file's duration. The server
-     * parses the whole string before running any of it: a syntax error in
-     * any file runs nothing. */
+    /* One string, one round trip, one transaction per file, each exactly
+     * the transaction migration_apply_one would run: search_path and
+     * app.tenant_id set transaction-locally (migration_files_batchable
+     * keeps out files with SET, RESET or transaction control), the moment
+     * the file starts (for its history row's duration), the file, its
+     * history row, the grants, COMMIT. PostgreSQL stops at the first
+     * failing statement of a string, so nothing after a failed file runs;
+     * it parses the whole string before running any of it, so a syntax
+     * error in any file runs nothing. */
     kl_buf_t b = {0};
     char *lock = migration_apply__grant_lock_sql(&q);
     char *grant = migration_apply__grant_sql(&q);
-    kl_buf_printf(&b, "BEGIN;%s", lock);
-    if (strcmp(t->isolation, "row") == 0)
-        kl_buf_printf(&b, "CREATE SCHEMA IF NOT EXISTS %s;", q.ident);
-    for (size_t i = 0; i < n; i++) {
-        kl_buf_printf(&b,
-                      "SELECT pg_catalog.set_config('search_path', %s, true),"
-                      " pg_catalog.set_config('app.tenant_id', %s, true),"
-                      " pg_catalog.set_config('kowloon.migration_t%zu',"
-                      " extract(epoch FROM pg_catalog.clock_timestamp())::text,"
-                      " true);\n",
-                      path, q.tenant, i);
-        kl_buf_add(&b, files[i]->sql, files[i]->sql_len);
-        kl_buf_printf(&b, "\n;");
-    }
-    kl_buf_printf(&b, "INSERT INTO kowloon_migration.history (target, version,"
-                      " name, checksum, duration_ms) VALUES ");
     int rc = 0;
     for (size_t i = 0; i < n && rc == 0; i++) {
         const migration_file_t *f = files[i];
@@ -82,27 +69,30 @@ migration_batch_apply(migration_apply_t *ap, const migration_target_t *t,
         if (!name || !sum) {
             rc = migration_apply__fail(c, NULL, status);
         } else {
-            /* A file ends where the next one starts; the last one now. */
-            char *end = i + 1 < n
-                            ? kl_asprintf("pg_catalog.current_setting("
-                                          "'kowloon.migration_t%zu')::numeric",
-                                          i + 1)
-                            : kl_strdup("extract(epoch FROM"
-                                        " pg_catalog.clock_timestamp())");
+            kl_buf_printf(&b, "BEGIN;%s", lock);
+            if (i == 0 && strcmp(t->isolation, "row") == 0)
+                kl_buf_printf(&b, "CREATE SCHEMA IF NOT EXISTS %s;", q.ident);
+            kl_buf_printf(&b,
+                          "SELECT pg_catalog.set_config('search_path', %s,"
+                          " true), pg_catalog.set_config('app.tenant_id', %s,"
+                          " true), pg_catalog.set_config("
+                          "'kowloon.migration_t0', extract(epoch FROM"
+                          " pg_catalog.clock_timestamp())::text, true);\n",
+                          path, q.tenant);
+            kl_buf_add(&b, f->sql, f->sql_len);
             kl_buf_printf(
                 &b,
-                "%s(%s, %d, %s, %s, ((%s - pg_catalog.current_setting("
-                "'kowloon.migration_t%zu')::numeric) * 1000)::bigint)",
-                i ? ", " : "", q.target, f->version, name, sum, end, i);
-            free(end);
+                "\n;INSERT INTO kowloon_migration.history (target, version,"
+                " name, checksum, duration_ms) VALUES (%s, %d, %s, %s,"
+                " ((extract(epoch FROM pg_catalog.clock_timestamp()) -"
+                " pg_catalog.current_setting('kowloon.migration_t0')::numeric)"
+                " * 1000)::bigint) RETURNING version AS " S_HISTORY_MARK
+                ", duration_ms;%sCOMMIT;",
+                q.target, f->version, name, sum, grant);
         }
         PQfreemem(name);
         PQfreemem(sum);
     }
-    kl_buf_printf(&b,
-                  " RETURNING version AS " S_HISTORY_MARK ", duration_ms;"
-                  "%sCOMMIT;",
-                  grant);
     if (unlock)
         kl_buf_printf(
             &b,
@@ -128,31 +118,27 @@ migration_batch_apply(migration_apply_t *ap, const migration_target_t *t,
     PGresult **r = NULL;
     int nr = migration_apply__send_all(c, b.p, &r);
     free(b.p);
-    size_t recorded = 0;
-    bool committed = false, unlocked = false, unheld = false;
+    /* Walk the answers in order: file k's history row, then its COMMIT,
+     * commits file k. Anything else between is the file's own. */
+    size_t done = 0;
+    bool recorded = false, unlocked = false, unheld = false;
     const PGresult *err = NULL;
-    for (int i = 0; i < nr; i++) {
+    for (int i = 0; i < nr && !err; i++) {
         PGresult *res = r[i];
         ExecStatusType rs = PQresultStatus(res);
         if (!migration_apply__ok(res)) {
-            if (!err)
-                err = res;
-        } else if (rs == PGRES_TUPLES_OK && PQnfields(res) == 2 &&
+            err = res;
+        } else if (done < n && rs == PGRES_TUPLES_OK && PQnfields(res) == 2 &&
                    strcmp(PQfname(res, 0), S_HISTORY_MARK) == 0 &&
-                   PQntuples(res) == (int)n) {
-            for (int row = 0; row < (int)n; row++) {
-                int v = atoi(PQgetvalue(res, row, 0));
-                for (size_t k = 0; k < n; k++)
-                    if (files[k]->version == v) {
-                        durations[k] =
-                            strtoll(PQgetvalue(res, row, 1), NULL, 10);
-                        recorded++;
-                    }
-            }
-        } else if (rs == PGRES_COMMAND_OK && recorded == n && !err &&
+                   PQntuples(res) == 1 &&
+                   atoi(PQgetvalue(res, 0, 0)) == files[done]->version) {
+            durations[done] = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+            recorded = true;
+        } else if (rs == PGRES_COMMAND_OK && recorded &&
                    strcmp(PQcmdStatus(res), "COMMIT") == 0) {
-            committed = true;
-        } else if (committed && rs == PGRES_TUPLES_OK && PQnfields(res) == 1 &&
+            done++;
+            recorded = false;
+        } else if (done == n && rs == PGRES_TUPLES_OK && PQnfields(res) == 1 &&
                    PQntuples(res) == 1) {
             if (strcmp(PQfname(res, 0), S_UNLOCK_MARK) == 0)
                 unlocked = true;
@@ -160,30 +146,34 @@ migration_batch_apply(migration_apply_t *ap, const migration_target_t *t,
                 unheld = true;
         }
     }
+    *committed = done;
     migration_apply__unlocked(ap, unlocked, unheld);
-    if (nr < 0 || PQstatus(c) != CONNECTION_OK) {
-        /* Whether the COMMIT got there is unknown: the history will say,
-         * next time. Nothing may be tried again now. */
+    if (done == n) {
+        /* Only an unlock can have failed after the last COMMIT (a lost
+         * connection gives the locks back itself). */
+        rc = 0;
+    } else if (nr < 0 || PQstatus(c) != CONNECTION_OK) {
+        /* Whether the COMMIT in flight got there is unknown: the history
+         * will say, next time. Nothing may be tried again now. */
         rc = migration_apply__fail(c, NULL, status);
-    } else if (committed) {
-        rc = 0; /* only an unlock can have failed after the COMMIT */
     } else if (err) {
-        /* Rolled back whole: nothing of the batch is applied. */
+        /* The failing file's transaction is rolled back; the ones before
+         * it are committed. */
         migration_apply__fail(c, err, status);
         rc = kl_status_set(status, KL_ABORTED, "%s", status->message);
         if (PQtransactionStatus(c) != PQTRANS_IDLE)
             PQclear(PQexec(c, "ROLLBACK"));
     } else {
-        /* Every statement succeeded, yet the history rows and the COMMIT
-         * did not come back as sent: a file ended the transaction after
-         * all. What it did is outside our control; the history says what
+        /* Every statement succeeded, yet the history rows and COMMITs did
+         * not come back as sent: a file ended its transaction after all.
+         * What it did is outside our control; the history says what
          * stuck. */
         if (PQtransactionStatus(c) != PQTRANS_IDLE)
             PQclear(PQexec(c, "ROLLBACK"));
         rc = kl_status_set(status, KL_INTERNAL,
-                           "the batch of %zu migrations did not commit as "
-                           "one transaction",
-                           n);
+                           "%zu of %zu migrations did not commit as a"
+                           " transaction each",
+                           n - done, n);
     }
     migration_apply__clear_all(r, nr);
     return rc;

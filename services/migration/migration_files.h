@@ -22,8 +22,8 @@ typedef struct {
     char checksum[MIGRATION_CHECKSUM_LEN + 1]; /* sha-256, lowercase hex */
     char *sql;                                 /* the file's text */
     size_t sql_len;
-    int batchable; /* 1: may share a transaction with the versions after
-                      it (migration_files_batchable) */
+    int batchable; /* 1: may be sent in one string with the versions
+                      after it (migration_files_batchable) */
 } migration_file_t;
 
 typedef struct migration_files migration_files_t;
@@ -50,16 +50,17 @@ const migration_file_t *migration_files_get(const migration_files_t *self,
  * not V<digits>__<name>.sql. */
 int migration_files_parse_name(const char *file_name);
 
-/* Whether sql may run in one transaction together with other files, one
- * after the other in a single string (migration_batch_apply): 1 when every
+/* Whether sql may be sent together with other files, one after the other
+ * in a single string, each in its own transaction (migration_batch_apply):
+ * 1 when every
  * quote, quoted identifier, dollar quote and block comment it opens is
  * closed (so nothing of it reaches into the next file), and no statement of
  * it begins with a transaction-control or setting keyword: ABORT, BEGIN,
  * COMMIT, DISCARD, END, PREPARE, RELEASE, RESET, ROLLBACK, SAVEPOINT, SET,
  * START (statements inside quotes, dollar quotes and comments are not
  * statements: a DO block's BEGIN ... END is fine). Conservative: a file
- * this says 0 for is applied in its own transaction, as every file was
- * before batching. Expects standard_conforming_strings on (PostgreSQL's
+ * this says 0 for is sent on its own, as every file was before
+ * batching. Expects standard_conforming_strings on (PostgreSQL's
  * default): backslashes escape only inside E'...'. */
 int migration_files_batchable(const char *sql, size_t len);
 

@@ -172,33 +172,38 @@ migration_work_target(kl_pg_t *ctrl, migration_apply_t *ap,
                 continue;
             }
             int64_t started = kl_now_unix_ms();
-            int brc = migration_batch_apply(ap, t, pending + i, j - i,
-                                            j == n_pending, durations, &st);
+            size_t done = 0;
+            int brc =
+                migration_batch_apply(ap, t, pending + i, j - i, j == n_pending,
+                                      &done, durations, &st);
             int64_t finished = kl_now_unix_ms();
-            if (brc == 0) {
-                for (size_t k = i; k < j; k++) {
-                    const migration_file_t *f = pending[k];
-                    migration_ledger_row_t *r = &rows[n_rows++];
-                    r->version = f->version;
-                    r->name = f->file_name;
-                    r->checksum = f->checksum;
-                    r->state = "applied";
-                    r->started_ms = started;
-                    r->finished_ms = finished;
-                    r->duration_ms = durations[k - i];
-                    out->applied[out->n_applied++] = f->version;
-                    if (f->version > out->current)
-                        out->current = f->version;
-                }
-            } else if (brc == -KL_ABORTED) {
-                /* Rolled back whole: one by one, the failing file is
-                 * reported as it always was and those before it stay. */
-                s_one_by_one(ap, t, pending + i, j - i, rows, &n_rows, out);
-            } else {
-                /* Lost connection or an unclear end: the first version is
-                 * the failure; the next run reads what stuck from the
-                 * history. */
-                const migration_file_t *f = pending[i];
+            /* The files that committed, each in its own transaction. */
+            for (size_t k = i; k < i + done; k++) {
+                const migration_file_t *f = pending[k];
+                migration_ledger_row_t *r = &rows[n_rows++];
+                r->version = f->version;
+                r->name = f->file_name;
+                r->checksum = f->checksum;
+                r->state = "applied";
+                r->started_ms = started;
+                r->finished_ms = finished;
+                r->duration_ms = durations[k - i];
+                out->applied[out->n_applied++] = f->version;
+                if (f->version > out->current)
+                    out->current = f->version;
+            }
+            if (brc == -KL_ABORTED) {
+                /* The failing file's transaction was rolled back. From it
+                 * on, one by one: the failing file is reported as it
+                 * always was (also a syntax error further on, which
+                 * PostgreSQL reports before running any of the string). */
+                s_one_by_one(ap, t, pending + i + done, j - i - done, rows,
+                             &n_rows, out);
+            } else if (brc < 0) {
+                /* Lost connection or an unclear end: the first version not
+                 * seen committing is the failure; the next run reads what
+                 * stuck from the history. */
+                const migration_file_t *f = pending[i + done];
                 migration_ledger_row_t *r = &rows[n_rows++];
                 r->version = f->version;
                 r->name = f->file_name;

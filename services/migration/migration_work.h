@@ -4,8 +4,8 @@
  *
  * Inside the caller's open transaction on the control database: takes the
  * target's advisory lock, reads the target's history, refuses drift, applies
- * each missing version in order (in one transaction or several on the
- * target, each version with its history row), stops at the first failure,
+ * each missing version in order (each in its own transaction on the target,
+ * together with its history row), stops at the first failure,
  * and writes the ledger rows (including ones reconciled from the history
  * after a crash).
  */
@@ -55,13 +55,15 @@ typedef struct {
     int64_t started_ms;
 } migration_work_opts_t;
 
-/* The pending versions are applied in as few transactions as they allow:
- * consecutive files that migration_files_batchable accepts go in one
- * (migration_batch_apply), each other file in its own. When a batch fails
- * it is rolled back whole and its files are applied again one per
- * transaction, so the outcome is exactly that of applying them one by one:
- * the versions before the failing one applied and recorded, the failing
- * one reported with PostgreSQL's text, none after it tried.
+/* The pending versions are applied one transaction each, in as few round
+ * trips as they allow: consecutive files that migration_files_batchable
+ * accepts go in one (migration_batch_apply), each other file in its own.
+ * When a file of a batch fails, the ones before it are committed and the
+ * rest are applied again one at a time (so a syntax error anywhere, which
+ * PostgreSQL reports before running any of the string, ends the same way):
+ * the outcome is exactly that of applying them one by one — the versions
+ * before the failing one applied and recorded, the failing one reported
+ * with PostgreSQL's text, none after it tried.
  *
  * Returns 0 when the target's outcome is decided and its ledger rows are
  * written (out->failed says which), or -code when the control database
