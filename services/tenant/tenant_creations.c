@@ -9,8 +9,11 @@
 #include "tenant_mover.h"
 
 #include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 static int
 s_place_of(const char *shared_schema, const tenant_row_t *row,
@@ -24,21 +27,42 @@ s_place_of(const char *shared_schema, const tenant_row_t *row,
     return rc;
 }
 
+tenant_mover_t *
+tenant_creations_claim(const tenant_provision_t *prov, char id[37],
+                       kl_status_t *status)
+{
+    uint8_t b[16];
+    size_t got = 0;
+    while (got < sizeof b) {
+        ssize_t r = getrandom(b + got, sizeof b - got, 0);
+        if (r < 0) {
+            kl_status_set(status, KL_INTERNAL, "no random bytes for an id");
+            return NULL;
+        }
+        got += (size_t)r;
+    }
+    b[6] = (uint8_t)((b[6] & 0x0f) | 0x40); /* version 4 */
+    b[8] = (uint8_t)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+    snprintf(id, 37,
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
+             "%02x%02x%02x%02x%02x%02x",
+             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10],
+             b[11], b[12], b[13], b[14], b[15]);
+    /* A fresh random id: only a server that cannot be reached fails. */
+    return tenant_mover_new(prov, id, status);
+}
+
 int
 tenant_creations_provision(const tenant_provision_t *prov,
                            const char *shared_schema, kl_pg_t *pg,
-                           const tenant_row_t *row, kl_status_t *status)
+                           const tenant_row_t *row, tenant_mover_t **claim,
+                           kl_status_t *status)
 {
     kl_tenant_place_t place;
-    tenant_mover_t *claim = NULL;
     bool placed = false;
     int rc = s_place_of(shared_schema, row, &place, status);
-    if (rc == 0) {
+    if (rc == 0)
         placed = true;
-        claim = tenant_mover_new(prov, row->id, status);
-        if (!claim)
-            rc = -(int)status->code;
-    }
     if (rc == 0)
         rc = tenant_provision_create(prov, &place, status);
     if (rc == 0)
@@ -62,7 +86,9 @@ tenant_creations_provision(const tenant_provision_t *prov,
                           row->isolation);
         rc = -(int)status->code;
     }
-    tenant_mover_destroy(&claim);
+    /* Only now: until its record is final or gone, the claim says the
+     * creation is alive. */
+    tenant_mover_destroy(claim);
     return rc;
 }
 
@@ -75,20 +101,28 @@ tenant_creations_recover(const tenant_provision_t *prov,
     *removed = 0;
     tenant_row_t *rows = NULL;
     size_t n = 0;
-    int rc = tenant_store_unprovisioned(pg, TENANT_CREATIONS_STALE_S, subdomain,
-                                        &rows, &n, status);
+    int rc = tenant_store_unprovisioned(pg, subdomain, &rows, &n, status);
     for (size_t i = 0; rc == 0 && i < n; i++) {
         kl_status_t st;
         tenant_mover_t *claim = tenant_mover_new(prov, rows[i].id, &st);
         if (!claim) {
-            /* Claimed: its creator is alive (a slow provisioning). */
-            KL_LOG(st.code == KL_FAILED_PRECONDITION ? KL_INFO : KL_WARN,
+            /* Claimed: its creator is alive (it is provisioning now). */
+            KL_LOG(st.code == KL_FAILED_PRECONDITION ? KL_DEBUG : KL_WARN,
                    "tenant %s: unfinished creation left alone: %s", rows[i].id,
                    st.message);
             continue;
         }
+        /* Read again under the claim: its creator may have finished (and
+         * let the claim go) since the list was read. */
+        bool still = false;
+        int trc = tenant_store_provisioning(pg, rows[i].id, &still, &st);
+        if (trc == 0 && !still) {
+            tenant_mover_destroy(&claim);
+            continue;
+        }
         kl_tenant_place_t place;
-        int trc = s_place_of(shared_schema, &rows[i], &place, &st);
+        if (trc == 0)
+            trc = s_place_of(shared_schema, &rows[i], &place, &st);
         if (trc == 0)
             trc = tenant_provision_drop(prov, &place, &st);
         if (trc == 0)

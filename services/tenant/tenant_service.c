@@ -234,10 +234,12 @@ s_pick_server(const tenant_service_t *self, kl_service_worker_t *w,
     return kl_status_set(status, KL_UNAVAILABLE, "no database server answers");
 }
 
-/* Provisions a new schema or database tenant (tenant_creations). */
+/* Provisions a new schema or database tenant under its claim
+ * (tenant_creations). */
 static int
 s_provision(const tenant_service_t *self, kl_service_worker_t *w,
-            const tenant_row_t *row, kl_status_t *status)
+            const tenant_row_t *row, tenant_mover_t **claim,
+            kl_status_t *status)
 {
     if (strcmp(row->isolation, "row") == 0)
         return 0;
@@ -249,7 +251,7 @@ s_provision(const tenant_service_t *self, kl_service_worker_t *w,
         return 0;
     }
     return tenant_creations_provision(self->prov, self->shared_schema, w->pg,
-                                      row, status);
+                                      row, claim, status);
 }
 
 static int
@@ -321,25 +323,33 @@ s_create(Kowloon__Tenant__TenantService_Service *svc,
     char server[KL_TENANT_NAME_MAX] = "";
     if (rc == 0 && strcmp(isolation, "database") == 0)
         rc = s_pick_server(self, w, in->db_server, server, &st);
-    /* Schema and database tenants are hidden until provisioned. */
+    /* Schema and database tenants are hidden until provisioned, and their
+     * id is claimed before their record exists. */
     bool provisioning = self->prov && strcmp(isolation, "row") != 0;
+    tenant_mover_t *claim = NULL;
+    char id[37] = "";
+    if (rc == 0 && provisioning &&
+        !(claim = tenant_creations_claim(self->prov, id, &st)))
+        rc = -(int)st.code;
+    const char *new_id = provisioning ? id : NULL;
     if (rc == 0)
-        rc =
-            tenant_store_create(w->pg, in->subdomain, in->name, plan, isolation,
-                                server, status, provisioning, &row, &st);
+        rc = tenant_store_create(w->pg, new_id, in->subdomain, in->name, plan,
+                                 isolation, server, status, provisioning, &row,
+                                 &st);
     size_t removed = 0;
     /* The subdomain may be held by a creation a dead process left. */
     if (rc == -KL_ALREADY_EXISTS &&
         s_recover_creations(self, w->pg, in->subdomain, &removed, &st) == 0 &&
         removed > 0)
-        rc =
-            tenant_store_create(w->pg, in->subdomain, in->name, plan, isolation,
-                                server, status, provisioning, &row, &st);
+        rc = tenant_store_create(w->pg, new_id, in->subdomain, in->name, plan,
+                                 isolation, server, status, provisioning, &row,
+                                 &st);
     else if (rc == -KL_ALREADY_EXISTS)
         kl_status_set(&st, KL_ALREADY_EXISTS, "subdomain \"%s\" is taken",
                       in->subdomain);
     if (rc == 0)
-        rc = s_provision(self, w, &row, &st);
+        rc = s_provision(self, w, &row, &claim, &st);
+    tenant_mover_destroy(&claim);
     if (rc < 0) {
         kl_service_fail(closure_data, "Create", &st);
         closure(NULL, closure_data);

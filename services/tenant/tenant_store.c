@@ -200,8 +200,8 @@ s_finish(kl_pg_t *pg, int rc, kl_status_t *status)
 }
 
 int
-tenant_store_create(kl_pg_t *pg, const char *subdomain, const char *name,
-                    const char *plan, const char *isolation,
+tenant_store_create(kl_pg_t *pg, const char *id, const char *subdomain,
+                    const char *name, const char *plan, const char *isolation,
                     const char *db_server, const char *tenant_status,
                     bool provisioning, tenant_row_t *out, kl_status_t *status)
 {
@@ -211,11 +211,12 @@ tenant_store_create(kl_pg_t *pg, const char *subdomain, const char *name,
                             isolation,
                             tenant_status,
                             db_server ? db_server : "",
-                            provisioning ? "t" : "f"};
+                            provisioning ? "t" : "f",
+                            id};
     /* The database name is derived from the id, in the same statement. */
     PGresult *res = kl_pg_query(
         pg, "tenant_create",
-        "WITH n AS (SELECT gen_random_uuid() AS id)"
+        "WITH n AS (SELECT coalesce($8::uuid, gen_random_uuid()) AS id)"
         " INSERT INTO tenant.tenants (id, subdomain, name, plan, isolation,"
         " status, db_server, db_name, provisioning)"
         " SELECT n.id, $1, $2, $3, $4, $5,"
@@ -223,9 +224,10 @@ tenant_store_create(kl_pg_t *pg, const char *subdomain, const char *name,
         " CASE WHEN $4 = 'database' THEN 'kowloon_t_' ||"
         "  replace(n.id::text, '-', '') ELSE '' END, $7::boolean FROM n"
         " RETURNING " S_TENANT_COLS,
-        7, params, status);
+        8, params, status);
     if (!res) {
-        /* The only unique key a caller controls is the live subdomain. */
+        /* The only unique key a caller controls is the live subdomain (the
+         * ids it may give are random). */
         if (status->code == KL_ALREADY_EXISTS)
             return kl_status_set(status, KL_ALREADY_EXISTS,
                                  "subdomain \"%s\" is taken", subdomain);
@@ -563,24 +565,35 @@ tenant_store_provisioned(kl_pg_t *pg, const char *id, kl_status_t *status)
 }
 
 int
-tenant_store_unprovisioned(kl_pg_t *pg, int64_t older_than_s,
-                           const char *subdomain, tenant_row_t **rows,
-                           size_t *n, kl_status_t *status)
+tenant_store_unprovisioned(kl_pg_t *pg, const char *subdomain,
+                           tenant_row_t **rows, size_t *n, kl_status_t *status)
 {
     *rows = NULL;
     *n = 0;
-    char age[24];
-    snprintf(age, sizeof age, "%lld", (long long)older_than_s);
-    const char *params[] = {age, subdomain};
     PGresult *res = kl_pg_query(
         pg, "tenant_unprovisioned",
         "SELECT " S_TENANT_COLS " FROM tenant.tenants WHERE provisioning"
-        " AND created_at < now() - $1::bigint * interval '1 second'"
-        " AND ($2::text IS NULL OR subdomain = $2) ORDER BY created_at, id",
-        2, params, status);
+        " AND ($1::text IS NULL OR subdomain = $1) ORDER BY created_at, id",
+        1, (const char *const[]){subdomain}, status);
     if (!res)
         return s_code(status);
     s_tenant_rows(res, (size_t)PQntuples(res), rows, n);
+    return 0;
+}
+
+int
+tenant_store_provisioning(kl_pg_t *pg, const char *id, bool *yes,
+                          kl_status_t *status)
+{
+    *yes = false;
+    PGresult *res = kl_pg_query(pg, "tenant_provisioning",
+                                "SELECT 1 FROM tenant.tenants WHERE id = $1"
+                                " AND provisioning",
+                                1, (const char *const[]){id}, status);
+    if (!res)
+        return s_code(status);
+    *yes = PQntuples(res) == 1;
+    PQclear(res);
     return 0;
 }
 

@@ -57,27 +57,32 @@ typedef struct {
 /* Creates or upgrades schema "tenant" (kl_pg_migrate). */
 int tenant_store_migrate(kl_pg_t *pg, kl_status_t *status);
 
-/* db_server: the database model's server (ignored otherwise); db_name is
- * derived from the new id ("kowloon_t_" + its 32 hex digits).
- * provisioning: recorded as being provisioned, which hides the tenant from
- * every read and change below (as if it did not exist) until
+/* id: the new tenant's id (a valid uuid), or NULL for a random one made
+ * by the server. db_server: the database model's server (ignored
+ * otherwise); db_name is derived from the id ("kowloon_t_" + its 32 hex
+ * digits). provisioning: recorded as being provisioned, which hides the
+ * tenant from every read and change below (as if it did not exist) until
  * tenant_store_provisioned; its subdomain is taken meanwhile. */
-int tenant_store_create(kl_pg_t *pg, const char *subdomain, const char *name,
-                        const char *plan, const char *isolation,
-                        const char *db_server, const char *tenant_status,
-                        bool provisioning, tenant_row_t *out,
-                        kl_status_t *status);
+int tenant_store_create(kl_pg_t *pg, const char *id, const char *subdomain,
+                        const char *name, const char *plan,
+                        const char *isolation, const char *db_server,
+                        const char *tenant_status, bool provisioning,
+                        tenant_row_t *out, kl_status_t *status);
 
 /* The tenant's schema or database is ready: it becomes visible. ABORTED
  * when its record is gone (a recovery took it for a dead creation). */
 int tenant_store_provisioned(kl_pg_t *pg, const char *id, kl_status_t *status);
 
-/* Tenants still being provisioned, recorded more than older_than_s ago,
- * oldest first; only the one of subdomain unless it is NULL. *rows
- * (caller frees). */
-int tenant_store_unprovisioned(kl_pg_t *pg, int64_t older_than_s,
-                               const char *subdomain, tenant_row_t **rows,
-                               size_t *n, kl_status_t *status);
+/* Tenants still being provisioned, oldest first; only the one of subdomain
+ * unless it is NULL. *rows (caller frees). */
+int tenant_store_unprovisioned(kl_pg_t *pg, const char *subdomain,
+                               tenant_row_t **rows, size_t *n,
+                               kl_status_t *status);
+
+/* *yes: the record of id exists and is still being provisioned (read now,
+ * not from any earlier snapshot). */
+int tenant_store_provisioning(kl_pg_t *pg, const char *id, bool *yes,
+                              kl_status_t *status);
 
 /* Removes a tenant whose provisioning failed (only one that has no API
  * key yet). */
