@@ -254,13 +254,6 @@ lat_run() { # lat_run MODE ROUND: both connection counts for MODE
     kb_alive
 }
 
-# median VALUES...: the median (mean of the middle two for an even count).
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-        if (NR == 0) exit 1
-        if (NR % 2) printf "%.3f", v[(NR + 1) / 2]
-        else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 diff_ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.3f", a - b }'; }
 
 for ((r = 0; r <= ROUNDS; r++)); do
@@ -273,7 +266,7 @@ for mode in plain curve; do
     for c in 1 "$LAT_C"; do
         for s in p50 p99 rps; do
             # shellcheck disable=SC2086 # word splitting wanted: one value per round
-            MED[$mode,$c,$s]=$(median ${LAT[$mode,$c,$s]})
+            MED[$mode,$c,$s]=$(bench_median ${LAT[$mode,$c,$s]})
         done
     done
 done

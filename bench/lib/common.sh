@@ -112,6 +112,15 @@ bench_wait_http() {
     return 1
 }
 
+# bench_median VALUES...: the median (mean of the middle two for an even
+# count), 3 decimals.
+bench_median() {
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+        if (NR == 0) exit 1
+        if (NR % 2) printf "%.3f", v[(NR + 1) / 2]
+        else printf "%.3f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
 # bench_pg_start NAME -> BENCH_PG_DIR, BENCH_PG_PORT, BENCH_PG_SOCK: a private
 # PostgreSQL under the scratch dir, stopped at exit.
 bench_pg_start() {
