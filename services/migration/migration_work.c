@@ -57,6 +57,29 @@ s_record(kl_pg_t *ctrl, const migration_target_t *t,
                                          status);
 }
 
+/* Appends the ledger row of f, tried from started to finished, to rows. */
+static migration_ledger_row_t *
+s_ledger_row(migration_ledger_row_t *rows, size_t *n_rows,
+             const migration_file_t *f, int64_t started, int64_t finished)
+{
+    migration_ledger_row_t *r = &rows[(*n_rows)++];
+    r->version = f->version;
+    r->name = f->file_name;
+    r->checksum = f->checksum;
+    r->started_ms = started;
+    r->finished_ms = finished;
+    return r;
+}
+
+/* f is applied: the result learns it. */
+static void
+s_applied(migration_work_result_t *out, const migration_file_t *f)
+{
+    out->applied[out->n_applied++] = f->version;
+    if (f->version > out->current)
+        out->current = f->version;
+}
+
 /* Applies files[0..n) one per transaction (migration_apply_one), stopping
  * at the first failure. Appends a ledger row for each version tried. */
 static void
@@ -70,12 +93,8 @@ s_one_by_one(migration_apply_t *ap, const migration_target_t *t,
         kl_status_t st;
         int64_t started = kl_now_unix_ms(), duration = 0;
         int arc = migration_apply_one(ap, t, f, &duration, &st);
-        migration_ledger_row_t *r = &rows[(*n_rows)++];
-        r->version = f->version;
-        r->name = f->file_name;
-        r->checksum = f->checksum;
-        r->started_ms = started;
-        r->finished_ms = kl_now_unix_ms();
+        migration_ledger_row_t *r =
+            s_ledger_row(rows, n_rows, f, started, kl_now_unix_ms());
         r->duration_ms = duration;
         if (arc < 0) {
             r->state = "failed";
@@ -84,9 +103,7 @@ s_one_by_one(migration_apply_t *ap, const migration_target_t *t,
             break;
         }
         r->state = "applied";
-        out->applied[out->n_applied++] = f->version;
-        if (f->version > out->current)
-            out->current = f->version;
+        s_applied(out, f);
     }
 }
 
@@ -142,12 +159,9 @@ migration_work_target(kl_pg_t *ctrl, migration_apply_t *ap,
         /* What the history holds is applied, whoever applied it: the
          * ledger learns it (a crash may have lost the ledger's copy). */
         for (size_t i = 0; i < n_hist; i++) {
-            const migration_file_t *f =
-                migration_files_get(files, hist[i].version);
-            migration_ledger_row_t *r = &rows[n_rows++];
-            r->version = hist[i].version;
-            r->name = f->file_name;
-            r->checksum = f->checksum;
+            migration_ledger_row_t *r =
+                s_ledger_row(rows, &n_rows,
+                             migration_files_get(files, hist[i].version), 0, 0);
             r->state = "applied";
             r->duration_ms = hist[i].duration_ms;
         }
@@ -179,18 +193,11 @@ migration_work_target(kl_pg_t *ctrl, migration_apply_t *ap,
             int64_t finished = kl_now_unix_ms();
             /* The files that committed, each in its own transaction. */
             for (size_t k = i; k < i + done; k++) {
-                const migration_file_t *f = pending[k];
-                migration_ledger_row_t *r = &rows[n_rows++];
-                r->version = f->version;
-                r->name = f->file_name;
-                r->checksum = f->checksum;
+                migration_ledger_row_t *r =
+                    s_ledger_row(rows, &n_rows, pending[k], started, finished);
                 r->state = "applied";
-                r->started_ms = started;
-                r->finished_ms = finished;
                 r->duration_ms = durations[k - i];
-                out->applied[out->n_applied++] = f->version;
-                if (f->version > out->current)
-                    out->current = f->version;
+                s_applied(out, pending[k]);
             }
             if (brc == -KL_ABORTED) {
                 /* The failing file's transaction was rolled back. From it
@@ -204,13 +211,9 @@ migration_work_target(kl_pg_t *ctrl, migration_apply_t *ap,
                  * seen committing is the failure; the next run reads what
                  * stuck from the history. */
                 const migration_file_t *f = pending[i + done];
-                migration_ledger_row_t *r = &rows[n_rows++];
-                r->version = f->version;
-                r->name = f->file_name;
-                r->checksum = f->checksum;
+                migration_ledger_row_t *r =
+                    s_ledger_row(rows, &n_rows, f, started, finished);
                 r->state = "failed";
-                r->started_ms = started;
-                r->finished_ms = finished;
                 s_failed(out, f->version, f->file_name, st.message);
                 r->error = out->error;
             }
