@@ -11,8 +11,10 @@
 # workspace service serves with), applies the product's migrations
 # (services/workspace/migrations, through kowloon-migration), and the demo:
 # tenant "acme" on plan pro with two projects, tenant "globex" on plan
-# starter, an API key each. Then it prints curl commands to try and the
-# line "ready: ...". Data stays in var/dev/ between runs.
+# starter, an API key each. Then it writes var/dev/kowloonctl (the
+# operator's CLI pointed at this stack: var/dev/kowloonctl tenants list),
+# prints curl commands to try and the line "ready: ...". Data stays in
+# var/dev/ between runs.
 #
 # Stripe is SIMULATED: integration-tests/stripe_standin/standin.py speaks
 # the Stripe API on a private port and signs webhooks with a secret
@@ -250,6 +252,29 @@ KOWLOON_FLAGS_ENDPOINTS=$(ep flags)
 KOWLOON_WORKSPACE_ENDPOINTS=$(ep workspace)
 KOWLOON_BILLING_ENDPOINTS=$(ep billing)
 KOWLOON_MIGRATION_ENDPOINTS=$(ep migration)
+
+# The operator's CLI, pointed at this stack (its ports: the KOWLOON_DEV_*_PORT of this run).
+CTL_TEXT=
+if [ -n "$KOWLOONCTL" ]; then
+    cat >"$DEV/kowloonctl" <<EOF
+#!/bin/sh
+# Written by deploy/run.sh for the stack it runs now: kowloonctl with its
+# service endpoints. Rewritten at every start.
+export KOWLOON_TENANT_ENDPOINTS=$KOWLOON_TENANT_ENDPOINTS
+export KOWLOON_FLAGS_ENDPOINTS=$KOWLOON_FLAGS_ENDPOINTS
+export KOWLOON_WORKSPACE_ENDPOINTS=$KOWLOON_WORKSPACE_ENDPOINTS
+export KOWLOON_BILLING_ENDPOINTS=$KOWLOON_BILLING_ENDPOINTS
+export KOWLOON_MIGRATION_ENDPOINTS=$KOWLOON_MIGRATION_ENDPOINTS
+# tenant backup|export|restore|verify: the owner role, as the services use it.
+export KOWLOON_DATABASE_URL=\${KOWLOON_DATABASE_URL:-$OWNER_URL}
+export KOWLOON_TENANT_DB_OWNER_SERVERS=\${KOWLOON_TENANT_DB_OWNER_SERVERS:-main=$OWNER_URL}
+exec "$KOWLOONCTL" "\$@"
+EOF
+    chmod 755 "$DEV/kowloonctl"
+    CTL_TEXT="  Operator CLI  $DEV/kowloonctl tenants list   (kowloonctl pointed at this stack;
+                also migrate status, plans list, tenant backup ...; --help on every command)
+"
+fi
 
 # The environment of each process (NAME=VALUE words for env(1)).
 declare -A ENV=(
@@ -575,7 +600,7 @@ $WEBHOOK_TEXT
     curl -s -w '\\n' -H 'Authorization: Bearer $ADMIN_TOKEN' $H/admin/v1/tenants
     curl -s -w '\\n' -X POST -H 'Authorization: Bearer $ADMIN_TOKEN' -H 'Content-Type: application/json' -d '{"subdomain":"initech","name":"Initech"}' $H/admin/v1/tenants
 
-  Logs          $DEV/<service>.log (one JSON object a line), $DEV/stripe-standin.log,
+$CTL_TEXT  Logs          $DEV/<service>.log (one JSON object a line), $DEV/stripe-standin.log,
                 $DEV/pg/postgres.log, $DEV/redis/redis.log
   Stop          Ctrl-C (stops every service, the stand-in, Redis and PostgreSQL)
 

@@ -244,6 +244,33 @@ def test_printed_commands(run):
     assert oct(os.stat(os.path.join(run.dev, "admin-token")).st_mode & 0o777) == "0o600"
 
 
+def test_printed_cli(run):
+    """The printed operator CLI line works as printed: var/dev/kowloonctl
+    reaches this stack's services (it lists the demo tenants, shows the
+    migration run) and its owner URL (a backup of a schema tenant
+    verifies)."""
+    line = next((l for l in run.out_lines if "Operator CLI" in l), None)
+    assert line, run.stdout()
+    ctl = os.path.join(run.dev, "kowloonctl")
+    assert (ctl + " tenants list") in line, line
+    assert os.access(ctl, os.X_OK)
+    r = subprocess.run([ctl, "--json", "tenants", "list"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    subs = {t["subdomain"] for t in json.loads(r.stdout)}
+    assert {"acme", "globex"} <= subs, r.stdout
+    r = subprocess.run([ctl, "migrate", "status"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "finished" in r.stdout, (r.stdout, r.stderr)
+    r = subprocess.run([ctl, "--json", "tenants", "create", "devcli", "--name", "Dev CLI",
+                        "--isolation", "schema"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    tid = json.loads(r.stdout)["id"]
+    dump = os.path.join(run.dir, "devcli.dump")
+    for args in (["tenant", "backup", tid, dump], ["tenant", "verify", tid, dump]):
+        r = subprocess.run([ctl] + args, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+
+
 def test_roles(run):
     """The workspace service serves as the application role, which owns
     nothing and has neither SUPERUSER nor BYPASSRLS."""
