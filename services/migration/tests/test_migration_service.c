@@ -408,6 +408,10 @@ s_group_teardown(void **state)
 
 /* --- helpers over the service ------------------------------------------ */
 
+/* Status is a read, sent as kowloonctl sends it (idempotent): right after
+ * an instance is killed, a call the client handed to the dead instance's
+ * pipe fails ("connection ... lost") or is never answered; it is tried
+ * again on the other instance, each try with a short deadline. */
 static Kowloon__Migration__RunStatus *
 s_status(int64_t run_id)
 {
@@ -415,11 +419,20 @@ s_status(int64_t run_id)
         KOWLOON__MIGRATION__STATUS_REQUEST__INIT;
     req.run_id = run_id;
     req.max_failures = 500;
-    Kowloon__Migration__RunStatus *out = NULL;
-    kl_status_t st;
-    if (s_call(s_mig, "Status", &req, &out, &st) != 0)
-        fail_msg("Status: %s", st.message);
-    return out;
+    kl_call_opts_t o = {.timeout_ms = 5000, .idempotent = true};
+    int64_t until = kl_test_proc_now_ms() + 60000;
+    for (;;) {
+        Kowloon__Migration__RunStatus *out = NULL;
+        kl_status_t st;
+        int rc = kl_rpc_client_call(s_mig, "Status", &req.base, &o,
+                                    (ProtobufCMessage **)&out, &st);
+        if (rc == 0)
+            return out;
+        if ((rc != -KL_UNAVAILABLE && rc != -KL_DEADLINE_EXCEEDED) ||
+            kl_test_proc_now_ms() > until)
+            fail_msg("Status: %s", st.message);
+        kl_test_proc_sleep_ms(50);
+    }
 }
 
 static Kowloon__Migration__RunStatus *
