@@ -44,10 +44,8 @@ s_from_hex(const char *in, size_t n_bytes, uint8_t *out)
     return true;
 }
 
-/* Fills buf from getrandom, which blocks only before the kernel's pool is
- * first initialised. */
-static int
-s_random(uint8_t *buf, size_t n, kl_status_t *status)
+int
+tenant_apikey_random(uint8_t *buf, size_t n, kl_status_t *status)
 {
     size_t got = 0;
     while (got < n) {
@@ -82,9 +80,9 @@ tenant_apikey_generate(char id[TENANT_APIKEY_ID_LEN + 1],
 {
     uint8_t raw_id[TENANT_APIKEY_ID_LEN / 2];
     uint8_t secret[TENANT_APIKEY_SECRET_LEN];
-    int rc = s_random(raw_id, sizeof raw_id, status);
+    int rc = tenant_apikey_random(raw_id, sizeof raw_id, status);
     if (rc == 0)
-        rc = s_random(secret, sizeof secret, status);
+        rc = tenant_apikey_random(secret, sizeof secret, status);
     if (rc < 0)
         return rc;
     s_to_hex(raw_id, sizeof raw_id, id);

@@ -29,6 +29,12 @@ int tenant_apikey_generate(char id[TENANT_APIKEY_ID_LEN + 1],
                            uint8_t hash[TENANT_APIKEY_HASH_LEN],
                            kl_status_t *status);
 
+/* Fills buf with n random bytes from getrandom (retried on EINTR; it
+ * blocks only before the kernel's pool is first initialised). Returns 0, or
+ * -KL_INTERNAL when the system has no randomness to give. Also makes new
+ * tenant ids (tenant_creations). */
+int tenant_apikey_random(uint8_t *buf, size_t n, kl_status_t *status);
+
 /* Splits a presented key into its id and the hash of its secret. Returns
  * false when key is not exactly of the format above. */
 bool tenant_apikey_parse(const char *key, char id[TENANT_APIKEY_ID_LEN + 1],

@@ -6,6 +6,7 @@
 
 #include "kl_log.h"
 #include "kl_tenant_db.h"
+#include "tenant_apikey.h"
 #include "tenant_mover.h"
 
 #include <stdbool.h>
@@ -13,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 static int
 s_place_of(const char *shared_schema, const tenant_row_t *row,
@@ -32,15 +32,8 @@ tenant_creations_claim(const tenant_provision_t *prov, char id[37],
                        kl_status_t *status)
 {
     uint8_t b[16];
-    size_t got = 0;
-    while (got < sizeof b) {
-        ssize_t r = getrandom(b + got, sizeof b - got, 0);
-        if (r < 0) {
-            kl_status_set(status, KL_INTERNAL, "no random bytes for an id");
-            return NULL;
-        }
-        got += (size_t)r;
-    }
+    if (tenant_apikey_random(b, sizeof b, status) < 0)
+        return NULL;
     b[6] = (uint8_t)((b[6] & 0x0f) | 0x40); /* version 4 */
     b[8] = (uint8_t)((b[8] & 0x3f) | 0x80); /* RFC 4122 variant */
     snprintf(id, 37,
