@@ -769,6 +769,62 @@ migration_apply__grant_sql(const migration_apply__quoted_t *q)
     return kl_tenant_db_grant_sql(q->ident, q->lschema, q->qrole, q->lrole);
 }
 
+/*
+ * A "-- kowloon:no-transaction" file: its one statement is sent alone, so
+ * PostgreSQL runs it outside any transaction block (CREATE INDEX
+ * CONCURRENTLY refuses to run inside one), with search_path and
+ * app.tenant_id set for the session around it and reset after (RESET ALL:
+ * the values the connection started with), whatever happens. The history
+ * row and the grants follow in a transaction of their own: a crash between
+ * the two leaves the statement done and unrecorded, and the next run runs
+ * it again (docs/migrations.md: such a file must be safe to run twice).
+ * The apply lock (session-level) keeps other instances off the target all
+ * along.
+ */
+static int
+s_apply_outside(PGconn *c, const migration_target_t *t,
+                const migration_file_t *file,
+                const migration_apply__quoted_t *q, const char *name,
+                const char *sum, int64_t *duration_ms, kl_status_t *status)
+{
+    int shared = strcmp(t->isolation, "row") == 0;
+    char *scope = kl_asprintf("%s%s%s"
+                              "SET search_path TO %s;"
+                              "SELECT set_config('app.tenant_id', %s, false)",
+                              shared ? "CREATE SCHEMA IF NOT EXISTS " : "",
+                              shared ? q->ident : "", shared ? ";" : "",
+                              q->ident, q->tenant);
+    int64_t t0 = kl_now_mono_ms();
+    int rc = s_exec(c, scope, status);
+    free(scope);
+    if (rc == 0)
+        rc = s_exec(c, file->sql, status);
+    int64_t took = kl_now_mono_ms() - t0;
+    if (rc == 0 && PQtransactionStatus(c) != PQTRANS_IDLE) {
+        PQclear(PQexec(c, "ROLLBACK"));
+        rc = kl_status_set(status, KL_FAILED_PRECONDITION,
+                           "%s left a transaction open", file->file_name);
+    }
+    if (PQstatus(c) == CONNECTION_OK)
+        PQclear(PQexec(c, "RESET ALL"));
+    if (rc < 0)
+        return rc;
+    char *lock = migration_apply__grant_lock_sql(q),
+         *grant = migration_apply__grant_sql(q);
+    char *record = kl_asprintf(
+        "BEGIN;%s%s"
+        "INSERT INTO kowloon_migration.history (target, version, name,"
+        " checksum, duration_ms) VALUES (%s, %d, %s, %s, %lld);"
+        "COMMIT",
+        lock, grant, q->target, file->version, name, sum, (long long)took);
+    free(lock);
+    free(grant);
+    rc = s_exec(c, record, status);
+    free(record);
+    *duration_ms = kl_now_mono_ms() - t0;
+    return rc;
+}
+
 int
 migration_apply_one(migration_apply_t *self, const migration_target_t *t,
                     const migration_file_t *file, int64_t *duration_ms,
@@ -786,6 +842,14 @@ migration_apply_one(migration_apply_t *self, const migration_target_t *t,
     char *sum = PQescapeLiteral(c, file->checksum, strlen(file->checksum));
     if (migration_apply__quote(c, t, self->app_role, &q) < 0 || !name || !sum) {
         int rc = migration_apply__fail(c, NULL, status);
+        migration_apply__quoted_free(&q);
+        PQfreemem(name);
+        PQfreemem(sum);
+        return rc;
+    }
+    if (file->no_transaction) {
+        int rc =
+            s_apply_outside(c, t, file, &q, name, sum, duration_ms, status);
         migration_apply__quoted_free(&q);
         PQfreemem(name);
         PQfreemem(sum);

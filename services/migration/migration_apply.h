@@ -13,7 +13,9 @@
  * applying anything twice. Reading the history creates nothing.
  * Every migration is applied in a transaction of its own, together with
  * its history row: alone (migration_apply_one) or several such
- * transactions sent in one round trip (migration_batch_apply).
+ * transactions sent in one round trip (migration_batch_apply). The one
+ * exception is a "-- kowloon:no-transaction" file (migration_files.h):
+ * its statement runs outside any transaction, its history row after it.
  *
  * Not thread-safe: one per worker thread.
  */
@@ -84,7 +86,11 @@ bool migration_apply_has(const migration_applied_t *applied, size_t n,
 /* Applies file to t in one transaction together with its history row
  * (search_path and app.tenant_id set transaction-locally), and with an
  * application role set, the grants on its RLS-forced tables (a role that
- * does not exist fails the migration). *duration_ms is
+ * does not exist fails the migration). A no-transaction file's statement
+ * runs alone outside any transaction (search_path and app.tenant_id set
+ * for the session, RESET ALL after, whatever happened), then its history
+ * row and grants in a transaction; the caller must hold the apply lock
+ * and no snapshot in this database on any connection it waits on. *duration_ms is
  * the wall time of the transaction. On failure everything is rolled back
  * and status carries the PostgreSQL error text:
  *   FAILED_PRECONDITION "relation \"tasks\" already exists (SQLSTATE 42P07)"

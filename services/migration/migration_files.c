@@ -155,11 +155,18 @@ s_skip_dollar(const char *sql, size_t len, size_t *i)
     return -1;
 }
 
-int
-migration_files_batchable(const char *sql, size_t len)
+/* Reads sql as PostgreSQL's lexer splits statements: *statements gets
+ * how many there are (comments and empty statements not counted) and
+ * *solo whether one of them begins with a keyword of s_solo_keywords.
+ * Returns 0, or -1 when a quote, quoted identifier, dollar quote or block
+ * comment is never closed. */
+static int
+s_scan(const char *sql, size_t len, int *statements, int *solo)
 {
     size_t i = 0;
-    int stmt_start = 1; /* the next word begins a statement */
+    int stmt_start = 1; /* the next token begins a statement */
+    *statements = 0;
+    *solo = 0;
     while (i < len) {
         unsigned char c = (unsigned char)sql[i];
         if (isspace(c)) {
@@ -182,36 +189,81 @@ migration_files_batchable(const char *sql, size_t len)
                 }
             } while (depth > 0 && i < len);
             if (depth > 0)
-                return 0;
+                return -1;
         } else if (c == ';') {
             stmt_start = 1;
             i++;
-        } else if (c == '\'' || c == '"') {
-            if (s_skip_quoted(sql, len, &i, (char)c, 0) < 0)
-                return 0;
-            stmt_start = 0;
-        } else if (c == '$') {
-            if (s_skip_dollar(sql, len, &i) < 0)
-                return 0;
-            stmt_start = 0;
-        } else if (s_ident_start(c)) {
-            size_t w = i;
-            while (i < len && s_ident_char((unsigned char)sql[i]))
+        } else {
+            *statements += stmt_start;
+            if (c == '\'' || c == '"') {
+                if (s_skip_quoted(sql, len, &i, (char)c, 0) < 0)
+                    return -1;
+            } else if (c == '$') {
+                if (s_skip_dollar(sql, len, &i) < 0)
+                    return -1;
+            } else if (s_ident_start(c)) {
+                size_t w = i;
+                while (i < len && s_ident_char((unsigned char)sql[i]))
+                    i++;
+                if (i - w == 1 && (sql[w] == 'E' || sql[w] == 'e') && i < len &&
+                    sql[i] == '\'') {
+                    if (s_skip_quoted(sql, len, &i, '\'', 1) < 0)
+                        return -1;
+                } else if (stmt_start && s_solo(sql + w, i - w)) {
+                    *solo = 1;
+                }
+            } else {
                 i++;
-            if (i - w == 1 && (sql[w] == 'E' || sql[w] == 'e') && i < len &&
-                sql[i] == '\'') {
-                if (s_skip_quoted(sql, len, &i, '\'', 1) < 0)
-                    return 0;
-            } else if (stmt_start && s_solo(sql + w, i - w)) {
-                return 0;
             }
             stmt_start = 0;
-        } else {
-            stmt_start = 0;
-            i++;
         }
     }
+    return 0;
+}
+
+int
+migration_files_batchable(const char *sql, size_t len)
+{
+    int statements, solo;
+    return s_scan(sql, len, &statements, &solo) == 0 && !solo;
+}
+
+int
+migration_files_no_transaction(const char *sql, size_t len)
+{
+    static const char directive[] = "-- kowloon:no-transaction";
+    size_t n = sizeof directive - 1;
+    if (len < n || memcmp(sql, directive, n) != 0)
+        return 0;
+    for (size_t i = n; i < len && sql[i] != '\n'; i++)
+        if (sql[i] != ' ' && sql[i] != '\t' && sql[i] != '\r')
+            return 0;
     return 1;
+}
+
+/* A no-transaction file must be exactly one statement that neither
+ * controls transactions nor changes settings. */
+static int
+s_check_no_transaction(const migration_file_t *f, kl_status_t *status)
+{
+    int statements, solo;
+    if (s_scan(f->sql, f->sql_len, &statements, &solo) < 0)
+        return kl_status_set(status, KL_INVALID_ARGUMENT,
+                             "%s: a quote, quoted identifier, dollar quote "
+                             "or comment is never closed",
+                             f->file_name);
+    if (statements != 1)
+        return kl_status_set(status, KL_INVALID_ARGUMENT,
+                             "%s: a \"-- kowloon:no-transaction\" migration "
+                             "holds exactly one statement, this one holds %d",
+                             f->file_name, statements);
+    if (solo)
+        return kl_status_set(status, KL_INVALID_ARGUMENT,
+                             "%s: a \"-- kowloon:no-transaction\" migration "
+                             "may not be a transaction-control or SET "
+                             "statement",
+                             f->file_name);
+    return 0;
 }
 
 /* Reads the whole of path into a new buffer (NUL-terminated). */
@@ -321,7 +373,14 @@ migration_files_load(const char *dir, kl_status_t *status)
             break;
         }
         migration_files_sha256(f->sql, f->sql_len, f->checksum);
-        f->batchable = migration_files_batchable(f->sql, f->sql_len);
+        f->no_transaction = migration_files_no_transaction(f->sql, f->sql_len);
+        if (f->no_transaction) {
+            rc = s_check_no_transaction(f, status);
+            if (rc < 0)
+                break;
+        }
+        f->batchable =
+            !f->no_transaction && migration_files_batchable(f->sql, f->sql_len);
     }
     closedir(d);
     if (rc < 0) {

@@ -6,6 +6,11 @@
  * 1, 2, 3 ... without gaps or duplicates. Each file's checksum is the
  * SHA-256 of its bytes, lowercase hex. Other files (README, dot files) are
  * ignored. A set is immutable once loaded and may be shared by threads.
+ *
+ * A file whose first line is "-- kowloon:no-transaction" runs outside any
+ * transaction (CREATE INDEX CONCURRENTLY and the like; migration_apply_one).
+ * It must hold exactly one statement, not a transaction-control or SET
+ * one; the load fails otherwise, naming the file.
  */
 #ifndef MIGRATION_FILES_H
 #define MIGRATION_FILES_H
@@ -22,14 +27,18 @@ typedef struct {
     char checksum[MIGRATION_CHECKSUM_LEN + 1]; /* sha-256, lowercase hex */
     char *sql;                                 /* the file's text */
     size_t sql_len;
-    int batchable; /* 1: may be sent in one string with the versions
-                      after it (migration_files_batchable) */
+    int batchable;      /* 1: may be sent in one string with the versions
+                           after it (migration_files_batchable) */
+    int no_transaction; /* 1: runs outside a transaction (first line
+                           "-- kowloon:no-transaction"); never batchable */
 } migration_file_t;
 
 typedef struct migration_files migration_files_t;
 
 /* Loads dir. NULL + status on error, naming the file: INVALID_ARGUMENT for
  *   "V1_projects.sql: not named V<digits>__<name>.sql"
+ *   "V0004__idx.sql: a \"-- kowloon:no-transaction\" migration holds
+ *    exactly one statement, this one holds 2"
  *   "V0002__b.sql and V0002__c.sql: duplicate version 2"
  *   "migration versions must be 1, 2, 3 ... without gaps: 3 follows 1"
  *   "V0001__a.sql: contains a NUL byte"
@@ -63,6 +72,10 @@ int migration_files_parse_name(const char *file_name);
  * batching. Expects standard_conforming_strings on (PostgreSQL's
  * default): backslashes escape only inside E'...'. */
 int migration_files_batchable(const char *sql, size_t len);
+
+/* Whether sql's first line is "-- kowloon:no-transaction" (trailing
+ * blanks allowed). */
+int migration_files_no_transaction(const char *sql, size_t len);
 
 /* SHA-256 of len bytes at data as 64 lowercase hex digits plus NUL. */
 void migration_files_sha256(const void *data, size_t len,

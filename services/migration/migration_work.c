@@ -80,10 +80,25 @@ s_applied(migration_work_result_t *out, const migration_file_t *f)
         out->current = f->version;
 }
 
+/*
+ * Before a no-transaction file: the control connection's transaction (the
+ * target's claim) must hold no snapshot, or CREATE INDEX CONCURRENTLY in
+ * the same database would wait for it, and it for the index: forever. A
+ * statement run by the extended protocol leaves its portal, and with it
+ * its snapshot, until the next one; a simple query drops it.
+ */
+static int
+s_drop_snapshot(kl_pg_t *ctrl, kl_status_t *status)
+{
+    if (!kl_pg_in_transaction(ctrl))
+        return 0;
+    return kl_pg_exec(ctrl, "SELECT 1", status);
+}
+
 /* Applies files[0..n) one per transaction (migration_apply_one), stopping
  * at the first failure. Appends a ledger row for each version tried. */
 static void
-s_one_by_one(migration_apply_t *ap, const migration_target_t *t,
+s_one_by_one(kl_pg_t *ctrl, migration_apply_t *ap, const migration_target_t *t,
              const migration_file_t *const *files, size_t n,
              migration_ledger_row_t *rows, size_t *n_rows,
              migration_work_result_t *out)
@@ -92,7 +107,9 @@ s_one_by_one(migration_apply_t *ap, const migration_target_t *t,
         const migration_file_t *f = files[i];
         kl_status_t st;
         int64_t started = kl_now_unix_ms(), duration = 0;
-        int arc = migration_apply_one(ap, t, f, &duration, &st);
+        int arc = f->no_transaction ? s_drop_snapshot(ctrl, &st) : 0;
+        if (arc == 0)
+            arc = migration_apply_one(ap, t, f, &duration, &st);
         migration_ledger_row_t *r =
             s_ledger_row(rows, n_rows, f, started, kl_now_unix_ms());
         r->duration_ms = duration;
@@ -181,7 +198,7 @@ migration_work_target(kl_pg_t *ctrl, migration_apply_t *ap,
                 j++;
             if (j - i < 2) {
                 /* One file (or one that may not share a transaction). */
-                s_one_by_one(ap, t, pending + i, 1, rows, &n_rows, out);
+                s_one_by_one(ctrl, ap, t, pending + i, 1, rows, &n_rows, out);
                 i++;
                 continue;
             }
@@ -204,8 +221,8 @@ migration_work_target(kl_pg_t *ctrl, migration_apply_t *ap,
                  * on, one by one: the failing file is reported as it
                  * always was (also a syntax error further on, which
                  * PostgreSQL reports before running any of the string). */
-                s_one_by_one(ap, t, pending + i + done, j - i - done, rows,
-                             &n_rows, out);
+                s_one_by_one(ctrl, ap, t, pending + i + done, j - i - done,
+                             rows, &n_rows, out);
             } else if (brc < 0) {
                 /* Lost connection or an unclear end: the first version not
                  * seen committing is the failure; the next run reads what

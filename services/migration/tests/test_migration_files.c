@@ -230,6 +230,103 @@ test_load_batchable(void **state)
     migration_files_destroy(&f);
 }
 
+/* Writes name=text into a new directory sub of s_dir and loads it. */
+static migration_files_t *
+s_load_one(const char *sub, const char *text, kl_status_t *st)
+{
+    char dir[320];
+    snprintf(dir, sizeof dir, "%s/%s", s_dir, sub);
+    assert_int_equal(mkdir(dir, 0700), 0);
+    char path[400];
+    snprintf(path, sizeof path, "%s/V1__a.sql", dir);
+    FILE *fp = fopen(path, "wb");
+    assert_non_null(fp);
+    fputs(text, fp);
+    fclose(fp);
+    return migration_files_load(dir, st);
+}
+
+static void
+test_no_transaction(void **state)
+{
+    (void)state;
+    const char *line = "-- kowloon:no-transaction";
+    assert_int_equal(migration_files_no_transaction(line, strlen(line)), 1);
+    const char *yes[] = {
+        "-- kowloon:no-transaction\nCREATE INDEX CONCURRENTLY i ON t (a);",
+        "-- kowloon:no-transaction \t\r\nCREATE INDEX CONCURRENTLY i ON t (a)",
+    };
+    const char *no[] = {
+        "CREATE INDEX i ON t (a); -- kowloon:no-transaction",
+        "\n-- kowloon:no-transaction\nSELECT 1;",
+        "-- kowloon:no-transactions\nSELECT 1;",
+        "-- Kowloon:no-transaction\nSELECT 1;",
+        "-- kowloon:no-transaction, please\nSELECT 1;",
+    };
+    for (size_t i = 0; i < sizeof yes / sizeof *yes; i++)
+        assert_int_equal(migration_files_no_transaction(yes[i], strlen(yes[i])),
+                         1);
+    for (size_t i = 0; i < sizeof no / sizeof *no; i++)
+        assert_int_equal(migration_files_no_transaction(no[i], strlen(no[i])),
+                         0);
+
+    /* Loaded: one statement (comments and a trailing ';' are fine), never
+     * batchable. */
+    kl_status_t st;
+    migration_files_t *f =
+        s_load_one("notx-ok",
+                   "-- kowloon:no-transaction\n"
+                   "/* big table: no write lock */\n"
+                   "CREATE INDEX CONCURRENTLY IF NOT EXISTS i ON t (a);\n"
+                   "-- done\n;\n",
+                   &st);
+    assert_non_null(f);
+    assert_int_equal(migration_files_get(f, 1)->no_transaction, 1);
+    assert_int_equal(migration_files_get(f, 1)->batchable, 0);
+    migration_files_destroy(&f);
+    /* An ordinary file is not one. */
+    f = s_load_one("notx-plain", "CREATE INDEX i ON t (a);", &st);
+    assert_non_null(f);
+    assert_int_equal(migration_files_get(f, 1)->no_transaction, 0);
+    migration_files_destroy(&f);
+
+    /* Refused at load, naming the file and the rule. */
+    assert_null(s_load_one("notx-two",
+                           "-- kowloon:no-transaction\n"
+                           "CREATE INDEX CONCURRENTLY i ON t (a);\n"
+                           "CREATE INDEX CONCURRENTLY j ON t (b);\n",
+                           &st));
+    assert_int_equal(st.code, KL_INVALID_ARGUMENT);
+    assert_string_equal(st.message,
+                        "V1__a.sql: a \"-- kowloon:no-transaction\" migration "
+                        "holds exactly one statement, this one holds 2");
+    assert_null(s_load_one("notx-none", "-- kowloon:no-transaction\n;\n", &st));
+    assert_string_equal(st.message,
+                        "V1__a.sql: a \"-- kowloon:no-transaction\" migration "
+                        "holds exactly one statement, this one holds 0");
+    assert_null(s_load_one("notx-set",
+                           "-- kowloon:no-transaction\n"
+                           "SET search_path TO public;\n",
+                           &st));
+    assert_string_equal(st.message,
+                        "V1__a.sql: a \"-- kowloon:no-transaction\" migration "
+                        "may not be a transaction-control or SET statement");
+    assert_null(s_load_one("notx-open",
+                           "-- kowloon:no-transaction\n"
+                           "CREATE INDEX CONCURRENTLY \"i ON t (a);\n",
+                           &st));
+    assert_string_equal(st.message,
+                        "V1__a.sql: a quote, quoted identifier, dollar quote "
+                        "or comment is never closed");
+    /* A DO block is one statement, whatever is inside its quote. */
+    f = s_load_one("notx-do",
+                   "-- kowloon:no-transaction\n"
+                   "DO $$ BEGIN PERFORM 1; PERFORM 2; END $$;\n",
+                   &st);
+    assert_non_null(f);
+    migration_files_destroy(&f);
+}
+
 static void
 test_empty_dir(void **state)
 {
@@ -249,10 +346,14 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_parse_name),     cmocka_unit_test(test_sha256),
-        cmocka_unit_test(test_load_sorted),    cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_empty_dir),      cmocka_unit_test(test_batchable),
+        cmocka_unit_test(test_parse_name),
+        cmocka_unit_test(test_sha256),
+        cmocka_unit_test(test_load_sorted),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_empty_dir),
+        cmocka_unit_test(test_batchable),
         cmocka_unit_test(test_load_batchable),
+        cmocka_unit_test(test_no_transaction),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }

@@ -6,8 +6,9 @@
  * 200 tenants across the three isolation models (60 row, 130 schema, 10
  * database: 141 targets), one broken tenant (a conflicting table in its
  * schema), two instances at once with one SIGKILLed mid-run and started
- * again; then retry, drift, a syntax error in a migration, and provisioning
- * new tenants.
+ * again; then retry, drift, a syntax error in a migration fixed as a
+ * "-- kowloon:no-transaction" one (CREATE INDEX CONCURRENTLY on every
+ * target, both instances at once), and provisioning new tenants.
  */
 #include "kl_alloc.h"
 #include "kl_log.h"
@@ -133,6 +134,24 @@ s_versions(int i, const char *table)
             : kl_asprintf("SELECT coalesce(string_agg(version::text, ','"
                           " ORDER BY version), '') FROM %s.%s",
                           schema, table);
+    char *v = s_value(url, sql);
+    free(sql);
+    free(url);
+    return v;
+}
+
+/* "true" when tenant i's place has index name, valid (built). */
+static char *
+s_index_valid(int i, const char *name)
+{
+    char schema[64];
+    char *url = s_place(i, schema, sizeof schema);
+    char *sql = kl_asprintf("SELECT coalesce((SELECT x.indisvalid::text FROM"
+                            " pg_index x JOIN pg_class c ON c.oid ="
+                            " x.indexrelid JOIN pg_namespace n ON n.oid ="
+                            " c.relnamespace WHERE n.nspname = '%s' AND"
+                            " c.relname = '%s'), 'missing')",
+                            schema, name);
     char *v = s_value(url, sql);
     free(sql);
     free(url);
@@ -845,10 +864,16 @@ test_syntax_error_fails_each_target_not_the_run(void **state)
     char *h = s_versions(S_N_ROW + 1, "history");
     assert_string_equal(h, "1,2,3");
     free(h);
-    /* Fixed (V0004 was applied nowhere, so this is no drift), retried. */
+    /* Fixed (V0004 was applied nowhere, so this is no drift), retried.
+     * The fix is a no-transaction migration: CREATE INDEX CONCURRENTLY on
+     * every target, by both instances' workers at once, each holding the
+     * claim of its own target in an open transaction of the control
+     * database (which is also the main database of the row and schema
+     * targets). */
     s_file(s_dir2, "V0004__broken.sql",
-           "CREATE TABLE extra (id integer);\n"
-           "INSERT INTO effects VALUES (4);\n");
+           "-- kowloon:no-transaction\n"
+           "CREATE INDEX CONCURRENTLY IF NOT EXISTS tasks_notes"
+           " ON tasks (notes);\n");
     s_restart_migrations(s_dir2);
     int64_t retry = s_retry(run, S_N_TARGETS);
     s = s_wait_finished(retry);
@@ -857,8 +882,11 @@ test_syntax_error_fails_each_target_not_the_run(void **state)
     assert_int_equal(s->applied, S_N_TARGETS);
     protobuf_c_message_free_unpacked(&s->base, NULL);
     for (int i = 0; i < S_N_TENANTS; i += 13) {
-        h = s_versions(i, "effects");
+        h = s_versions(i, "history");
         assert_string_equal(h, "1,2,3,4");
+        free(h);
+        h = s_index_valid(i, "tasks_notes");
+        assert_string_equal(h, "true");
         free(h);
     }
 }

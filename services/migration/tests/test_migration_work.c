@@ -21,7 +21,13 @@
  *     statement, every lock given back;
  *   - a transaction of the target still running on the server for a dead
  *     client (an orphaned batch) is waited for, and what it committed is
- *     not applied again.
+ *     not applied again;
+ *   - a "-- kowloon:no-transaction" file runs outside any transaction
+ *     (CREATE INDEX CONCURRENTLY, which refuses a transaction block, on a
+ *     schema tenant and on the shared schema), is recorded, and leaves the
+ *     connection's session as it was; one that fails is reported with
+ *     PostgreSQL's text and nothing after it runs; run again (a crash
+ *     before its history row), an IF NOT EXISTS statement is harmless.
  */
 #include "kl_alloc.h"
 #include "kl_log.h"
@@ -401,6 +407,111 @@ test_set_and_commit_alone(void **state)
     migration_files_destroy(&files);
 }
 
+static const char s_concurrently[] = "-- kowloon:no-transaction\n"
+                                     "CREATE INDEX CONCURRENTLY IF NOT EXISTS "
+                                     "projects_name ON projects (name);\n";
+
+/* "true" when schema.projects_name is a valid index. */
+static void
+s_expect_valid_index(const char *schema)
+{
+    s_expect("true",
+             "SELECT i.indisvalid::text FROM pg_index i JOIN pg_class c ON"
+             " c.oid = i.indexrelid JOIN pg_namespace n ON n.oid ="
+             " c.relnamespace WHERE n.nspname = '%s' AND c.relname ="
+             " 'projects_name'",
+             schema);
+}
+
+static void
+test_no_transaction(void **state)
+{
+    (void)state;
+    const char *v3 = "INSERT INTO effects VALUES (3);\n";
+    /* Without the line, PostgreSQL refuses the statement in the
+     * migration's transaction: the line is what makes it work. */
+    migration_files_t *files =
+        s_files("in-tx", "V0001__projects.sql", s_v1, "V0002__index.sql",
+                s_concurrently + strlen("-- kowloon:no-transaction\n"), NULL);
+    migration_target_t t;
+    s_tenant(&t);
+    migration_work_result_t res;
+    s_migrate(files, &t, &res);
+    assert_int_equal(res.failed, 1);
+    assert_int_equal(res.failed_version, 2);
+    assert_non_null(strstr(res.error, "cannot run inside a transaction block"));
+    migration_work_result_free(&res);
+    migration_files_destroy(&files);
+
+    files = s_files("no-tx", "V0001__projects.sql", s_v1, "V0002__index.sql",
+                    s_concurrently, "V0003__three.sql", v3, NULL);
+    assert_int_equal(migration_files_get(files, 2)->no_transaction, 1);
+    assert_int_equal(migration_files_get(files, 2)->batchable, 0);
+    s_tenant(&t);
+    s_migrate(files, &t, &res);
+    assert_int_equal(res.failed, 0);
+    assert_int_equal(res.n_applied, 3);
+    migration_work_result_free(&res);
+    s_expect_history(&t, "1,2,3");
+    s_expect_effects(&t, "1,3");
+    s_expect_valid_index(t.schema);
+    s_expect_unlocked(&t);
+
+    /* The shared schema (row model) too; the session's search_path was
+     * reset after the tenant's file, so nothing lands in the tenant's
+     * schema by accident. */
+    migration_target_t shared;
+    kl_status_t st;
+    assert_int_equal(migration_target_shared("nt_shared", &shared, &st), 0);
+    s_migrate(files, &shared, &res);
+    assert_int_equal(res.failed, 0);
+    assert_int_equal(res.n_applied, 3);
+    migration_work_result_free(&res);
+    s_expect_history(&shared, "1,2,3");
+    s_expect_effects(&shared, "1,3");
+    s_expect_valid_index("nt_shared");
+    s_expect_effects(&t, "1,3");
+
+    /* A crash between the statement and its history row: the next run
+     * runs the statement again, which IF NOT EXISTS makes harmless. */
+    char *sql = kl_asprintf("DELETE FROM kowloon_migration.history WHERE"
+                            " target = '%s' AND version >= 2",
+                            t.target);
+    s_exec(sql);
+    free(sql);
+    sql = kl_asprintf("DELETE FROM %s.effects WHERE version = 3", t.schema);
+    s_exec(sql);
+    free(sql);
+    s_migrate(files, &t, &res);
+    assert_int_equal(res.failed, 0);
+    assert_int_equal(res.n_applied, 2);
+    migration_work_result_free(&res);
+    s_expect_history(&t, "1,2,3");
+    s_expect_effects(&t, "1,3");
+    s_expect_valid_index(t.schema);
+    migration_files_destroy(&files);
+
+    /* A no-transaction file that fails: reported with PostgreSQL's text,
+     * not recorded, and the file after it does not run. */
+    files =
+        s_files("no-tx-fails", "V0001__projects.sql", s_v1, "V0002__index.sql",
+                "-- kowloon:no-transaction\n"
+                "CREATE INDEX CONCURRENTLY nope ON projects (nope);\n",
+                "V0003__three.sql", v3, NULL);
+    s_tenant(&t);
+    s_migrate(files, &t, &res);
+    assert_int_equal(res.failed, 1);
+    assert_int_equal(res.failed_version, 2);
+    assert_non_null(strstr(res.error, "V0002__index.sql: column \"nope\" does "
+                                      "not exist"));
+    assert_int_equal(res.n_applied, 1);
+    migration_work_result_free(&res);
+    s_expect_history(&t, "1");
+    s_expect_effects(&t, "1");
+    s_expect_unlocked(&t);
+    migration_files_destroy(&files);
+}
+
 static void
 test_resume_from_history(void **state)
 {
@@ -652,6 +763,7 @@ main(void)
         cmocka_unit_test(test_claim_plan_on_a_new_run),
         cmocka_unit_test(test_run_worker_path),
         cmocka_unit_test(test_waits_for_orphaned_batch),
+        cmocka_unit_test(test_no_transaction),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);
 }
