@@ -181,6 +181,7 @@ s_plan(Kowloon__Migration__MigrationService_Service *svc,
         migs[i].version = f->version;
         migs[i].name = f->file_name;
         migs[i].checksum = (char *)f->checksum;
+        migs[i].no_transaction = f->no_transaction != 0;
         mig_ps[i] = &migs[i];
     }
     Kowloon__Migration__TargetPlan *plans = kl_calloc(ts.n + 1, sizeof *plans);

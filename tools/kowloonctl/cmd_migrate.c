@@ -135,6 +135,12 @@ s_plan(const s_args_t *a)
         }
         kctl_table_print(t);
         kctl_table_destroy(&t);
+        for (size_t i = 0; i < p->n_migrations; i++)
+            if (p->migrations[i]->no_transaction)
+                printf("%s runs outside a transaction "
+                       "(-- kowloon:no-transaction): not atomic with its "
+                       "history row\n",
+                       p->migrations[i]->name);
     }
     rc = p->targets_failing > 0 ? KCTL_EXIT_FAILED : KCTL_EXIT_OK;
     protobuf_c_message_free_unpacked(m, NULL);

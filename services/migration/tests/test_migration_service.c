@@ -875,6 +875,24 @@ test_syntax_error_fails_each_target_not_the_run(void **state)
            "CREATE INDEX CONCURRENTLY IF NOT EXISTS tasks_notes"
            " ON tasks (notes);\n");
     s_restart_migrations(s_dir2);
+    /* The plan says which migration runs outside a transaction, on the
+     * wire and in kowloonctl's table. */
+    Kowloon__Migration__PlanRequest preq =
+        KOWLOON__MIGRATION__PLAN_REQUEST__INIT;
+    Kowloon__Migration__PlanResponse *p = NULL;
+    kl_status_t st;
+    if (s_call(s_mig, "Plan", &preq, &p, &st) != 0)
+        fail_msg("Plan: %s", st.message);
+    assert_int_equal(p->n_migrations, 4);
+    assert_false(p->migrations[2]->no_transaction);
+    assert_true(p->migrations[3]->no_transaction);
+    protobuf_c_message_free_unpacked(&p->base, NULL);
+    char *out = NULL;
+    assert_int_equal(s_ctl(&out, "migrate", "plan", NULL), 0);
+    assert_non_null(strstr(out, "V0004__broken.sql runs outside a transaction "
+                                "(-- kowloon:no-transaction)"));
+    assert_null(strstr(out, "V0003__index_and_column.sql runs outside"));
+    free(out);
     int64_t retry = s_retry(run, S_N_TARGETS);
     s = s_wait_finished(retry);
     assert_int_equal(s->done, S_N_TARGETS);
