@@ -316,6 +316,19 @@ static const char s_v3[] =
     "SELECT pg_sleep(0.03);\n"
     "INSERT INTO effects VALUES (3);\n";
 
+/* Plan of every tenant; caller frees. */
+static Kowloon__Migration__PlanResponse *
+s_plan(void)
+{
+    Kowloon__Migration__PlanRequest req =
+        KOWLOON__MIGRATION__PLAN_REQUEST__INIT;
+    Kowloon__Migration__PlanResponse *p = NULL;
+    kl_status_t st;
+    if (s_call(s_mig, "Plan", &req, &p, &st) != 0)
+        fail_msg("Plan: %s", st.message);
+    return p;
+}
+
 /* --- fixture ----------------------------------------------------------- */
 
 static int
@@ -582,12 +595,7 @@ test_tenants_and_plan(void **state)
     free(sql);
 
     /* The dry run lists every target with V1..V3 and changes nothing. */
-    Kowloon__Migration__PlanRequest req =
-        KOWLOON__MIGRATION__PLAN_REQUEST__INIT;
-    Kowloon__Migration__PlanResponse *p = NULL;
-    kl_status_t st;
-    if (s_call(s_mig, "Plan", &req, &p, &st) != 0)
-        fail_msg("Plan: %s", st.message);
+    Kowloon__Migration__PlanResponse *p = s_plan();
     assert_int_equal(p->latest_version, 3);
     assert_int_equal(p->n_migrations, 3);
     assert_string_equal(p->migrations[1]->name, "V0002__tasks.sql");
@@ -877,12 +885,7 @@ test_syntax_error_fails_each_target_not_the_run(void **state)
     s_restart_migrations(s_dir2);
     /* The plan says which migration runs outside a transaction, on the
      * wire and in kowloonctl's table. */
-    Kowloon__Migration__PlanRequest preq =
-        KOWLOON__MIGRATION__PLAN_REQUEST__INIT;
-    Kowloon__Migration__PlanResponse *p = NULL;
-    kl_status_t st;
-    if (s_call(s_mig, "Plan", &preq, &p, &st) != 0)
-        fail_msg("Plan: %s", st.message);
+    Kowloon__Migration__PlanResponse *p = s_plan();
     assert_int_equal(p->n_migrations, 4);
     assert_false(p->migrations[2]->no_transaction);
     assert_true(p->migrations[3]->no_transaction);

@@ -423,6 +423,23 @@ s_expect_valid_index(const char *schema)
              schema);
 }
 
+/* Migrates t with the no-transaction set (V1, the index, V3): n versions
+ * applied now, all three in the history, V1's and V3's effects, the index
+ * valid in t's schema. */
+static void
+s_expect_no_tx_applied(const migration_files_t *files,
+                       const migration_target_t *t, size_t n)
+{
+    migration_work_result_t res;
+    s_migrate(files, t, &res);
+    assert_int_equal(res.failed, 0);
+    assert_int_equal(res.n_applied, n);
+    migration_work_result_free(&res);
+    s_expect_history(t, "1,2,3");
+    s_expect_effects(t, "1,3");
+    s_expect_valid_index(t->schema);
+}
+
 static void
 test_no_transaction(void **state)
 {
@@ -448,13 +465,7 @@ test_no_transaction(void **state)
     assert_int_equal(migration_files_get(files, 2)->no_transaction, 1);
     assert_int_equal(migration_files_get(files, 2)->batchable, 0);
     s_tenant(&t);
-    s_migrate(files, &t, &res);
-    assert_int_equal(res.failed, 0);
-    assert_int_equal(res.n_applied, 3);
-    migration_work_result_free(&res);
-    s_expect_history(&t, "1,2,3");
-    s_expect_effects(&t, "1,3");
-    s_expect_valid_index(t.schema);
+    s_expect_no_tx_applied(files, &t, 3);
     s_expect_unlocked(&t);
 
     /* The shared schema (row model) too; the session's search_path was
@@ -463,13 +474,7 @@ test_no_transaction(void **state)
     migration_target_t shared;
     kl_status_t st;
     assert_int_equal(migration_target_shared("nt_shared", &shared, &st), 0);
-    s_migrate(files, &shared, &res);
-    assert_int_equal(res.failed, 0);
-    assert_int_equal(res.n_applied, 3);
-    migration_work_result_free(&res);
-    s_expect_history(&shared, "1,2,3");
-    s_expect_effects(&shared, "1,3");
-    s_expect_valid_index("nt_shared");
+    s_expect_no_tx_applied(files, &shared, 3);
     s_expect_effects(&t, "1,3");
 
     /* A crash between the statement and its history row: the next run
@@ -482,13 +487,7 @@ test_no_transaction(void **state)
     sql = kl_asprintf("DELETE FROM %s.effects WHERE version = 3", t.schema);
     s_exec(sql);
     free(sql);
-    s_migrate(files, &t, &res);
-    assert_int_equal(res.failed, 0);
-    assert_int_equal(res.n_applied, 2);
-    migration_work_result_free(&res);
-    s_expect_history(&t, "1,2,3");
-    s_expect_effects(&t, "1,3");
-    s_expect_valid_index(t.schema);
+    s_expect_no_tx_applied(files, &t, 2);
     migration_files_destroy(&files);
 
     /* A no-transaction file that fails: reported with PostgreSQL's text,
