@@ -90,11 +90,11 @@ bool migration_apply_has(const migration_applied_t *applied, size_t n,
  * runs alone outside any transaction (search_path and app.tenant_id set
  * for the session, RESET ALL after, whatever happened), then its history
  * row and grants in a transaction; the caller must hold the apply lock
- * and no snapshot in this database on any connection it waits on. *duration_ms
- * is the wall time of the transaction. On failure everything is rolled back and
- * status carries the PostgreSQL error text: FAILED_PRECONDITION "relation
- * \"tasks\" already exists (SQLSTATE 42P07)" UNAVAILABLE         the connection
- * was lost */
+ * and no snapshot in this database on any connection it waits on.
+ * *duration_ms is the wall time of the transaction. On failure everything
+ * is rolled back and status carries the PostgreSQL error text:
+ *   FAILED_PRECONDITION "relation \"tasks\" already exists (SQLSTATE 42P07)"
+ *   UNAVAILABLE         the connection was lost */
 int migration_apply_one(migration_apply_t *self, const migration_target_t *t,
                         const migration_file_t *file, int64_t *duration_ms,
                         kl_status_t *status);
