@@ -781,6 +781,37 @@ migration_apply__grant_sql(const migration_apply__quoted_t *q)
  * The apply lock (session-level) keeps other instances off the target all
  * along.
  */
+/* After a no-transaction file: an invalid index in the target's schema is
+ * what a failed CREATE INDEX CONCURRENTLY leaves, and an IF NOT EXISTS run
+ * again skips it without a word. Refuses to record the file over one.
+ * Returns 0, or -code with status naming the indexes. */
+static int
+s_check_indexes(PGconn *c, const migration_target_t *t,
+                const migration_file_t *file,
+                const migration_apply__quoted_t *q, kl_status_t *status)
+{
+    char *sql = kl_asprintf(
+        "SELECT string_agg(quote_ident(x.relname), ', ' ORDER BY x.relname)"
+        " FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class x ON x.oid ="
+        " i.indexrelid JOIN pg_catalog.pg_namespace n ON n.oid ="
+        " x.relnamespace WHERE n.nspname = %s AND NOT i.indisvalid",
+        q->lschema);
+    PGresult *res = PQexec(c, sql);
+    free(sql);
+    int rc = 0;
+    if (!migration_apply__ok(res))
+        rc = migration_apply__fail(c, res, status);
+    else if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
+        rc = kl_status_set(status, KL_FAILED_PRECONDITION,
+                           "%s ran, but schema %s has an invalid index: %s "
+                           "(left by a CREATE INDEX CONCURRENTLY that "
+                           "failed; drop it with DROP INDEX CONCURRENTLY "
+                           "and retry)",
+                           file->file_name, t->schema, PQgetvalue(res, 0, 0));
+    PQclear(res);
+    return rc;
+}
+
 static int
 s_apply_outside(PGconn *c, const migration_target_t *t,
                 const migration_file_t *file,
@@ -807,6 +838,8 @@ s_apply_outside(PGconn *c, const migration_target_t *t,
     }
     if (PQstatus(c) == CONNECTION_OK)
         PQclear(PQexec(c, "RESET ALL"));
+    if (rc == 0)
+        rc = s_check_indexes(c, t, file, q, status);
     if (rc < 0)
         return rc;
     char *lock = migration_apply__grant_lock_sql(q),

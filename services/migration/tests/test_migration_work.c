@@ -27,7 +27,9 @@
  *     schema tenant and on the shared schema), is recorded, and leaves the
  *     connection's session as it was; one that fails is reported with
  *     PostgreSQL's text and nothing after it runs; run again (a crash
- *     before its history row), an IF NOT EXISTS statement is harmless.
+ *     before its history row), an IF NOT EXISTS statement is harmless;
+ *     the invalid index a failed one leaves is refused by name, not
+ *     recorded over.
  */
 #include "kl_alloc.h"
 #include "kl_log.h"
@@ -508,6 +510,50 @@ test_no_transaction(void **state)
     s_expect_history(&t, "1");
     s_expect_effects(&t, "1");
     s_expect_unlocked(&t);
+    migration_files_destroy(&files);
+
+    /* A unique index that fails on duplicates leaves an invalid index;
+     * run again, IF NOT EXISTS would skip it: the file is not recorded
+     * over it, with the way out named. Dropped, the retry builds it. */
+    files = s_files("no-tx-invalid", "V0001__projects.sql", s_v1,
+                    "V0002__dupes.sql",
+                    "INSERT INTO projects (name) VALUES ('a'), ('a');\n",
+                    "V0003__unique.sql",
+                    "-- kowloon:no-transaction\n"
+                    "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS"
+                    " projects_name ON projects (name);\n",
+                    NULL);
+    s_tenant(&t);
+    s_migrate(files, &t, &res);
+    assert_int_equal(res.failed_version, 3);
+    assert_non_null(strstr(res.error, "could not create unique index"));
+    migration_work_result_free(&res);
+    sql = kl_asprintf("DELETE FROM %s.projects WHERE id ="
+                      " (SELECT max(id) FROM %s.projects)",
+                      t.schema, t.schema);
+    s_exec(sql);
+    free(sql);
+    s_migrate(files, &t, &res);
+    assert_int_equal(res.failed_version, 3);
+    char want[256];
+    snprintf(want, sizeof want,
+             "V0003__unique.sql: V0003__unique.sql ran, but schema %s has an"
+             " invalid index: projects_name (left by a CREATE INDEX"
+             " CONCURRENTLY that failed; drop it with DROP INDEX"
+             " CONCURRENTLY and retry)",
+             t.schema);
+    assert_string_equal(res.error, want);
+    migration_work_result_free(&res);
+    s_expect_history(&t, "1,2");
+    sql = kl_asprintf("DROP INDEX %s.projects_name", t.schema);
+    s_exec(sql);
+    free(sql);
+    s_migrate(files, &t, &res);
+    assert_int_equal(res.failed, 0);
+    assert_int_equal(res.n_applied, 1);
+    migration_work_result_free(&res);
+    s_expect_history(&t, "1,2,3");
+    s_expect_valid_index(t.schema);
     migration_files_destroy(&files);
 }
 
